@@ -1,0 +1,201 @@
+"""The Engine: the one object every tab and the HTTP API talk to.
+
+Created once in launch.py (or a test) and passed down. It validates requests, queues them, and
+runs each job: model → prompt embeddings → sampler → diffusion → watermark → PNG with parameters.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from app import __version__
+from app.devices import DevicePlan, HardwareFacts, plan_device, probe_hardware
+from app.generation import samplers
+from app.generation.diffusion import run_batch
+from app.generation.previews import latent_preview
+from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
+from app.generation.requests import GenerationRequest
+from app.images.metadata import GenerationInfo, infotext
+from app.images.store import OutputStore
+from app.images.watermark import apply_watermark
+from app.jobs import Job, JobQueue
+from app.models.families import LABELS, SD1, watermark_key
+from app.models.manager import IMG2IMG, TXT2IMG, LoadedModel, ModelManager
+from app.models.registry import ModelEntry, ModelRegistry
+from app.settings import Settings
+
+_CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images"}
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    path: Path
+    seed: int
+    parameters: str          # the A1111 infotext written into the PNG
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)   # things the user should know (e.g. demo noise)
+    seconds: float = 0.0
+
+    @property
+    def seeds(self) -> list[int]:
+        return [image.seed for image in self.images]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    device: str              # one sentence: where generation runs and how fast to expect it
+    model: ModelEntry | None
+    queued: int
+    running: bool
+
+
+class Engine:
+    def __init__(self, settings: Settings, manager: ModelManager, store: OutputStore):
+        self.settings = settings
+        self.models = manager
+        self.store = store
+        self._queue = JobQueue(self._run, max_size=settings.queue_size)
+
+    # --- what the UI and the API call -------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, owner: str = "local") -> Job:
+        """Validate and queue; raises InvalidRequest at once for a request that cannot run."""
+        request = request.validated()
+        kind = IMG2IMG if request.is_img2img else TXT2IMG
+        return self._queue.submit(Job(request, kind, owner))
+
+    def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
+        """Submit and wait: for scripts and tests."""
+        return self.submit(request).wait(timeout)
+
+    def interrupt(self) -> None:
+        """Stop the running job at its next step; what it made so far is kept."""
+        job = self._queue.running
+        if job is not None:
+            job.cancel()
+
+    def position(self, job: Job) -> int:
+        return self._queue.position(job)
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            device=self.plan.description,
+            model=self.models.active,
+            queued=self._queue.waiting_count(),
+            running=self._queue.running is not None,
+        )
+
+    @property
+    def plan(self) -> DevicePlan:
+        return self.models.plan
+
+    def sampler_names(self) -> list[str]:
+        return samplers.sampler_names()
+
+    def schedule_names(self) -> list[str]:
+        return samplers.schedule_names()
+
+    def close(self) -> None:
+        self._queue.close()
+        self.models.unload()
+
+    # --- one job ----------------------------------------------------------------------------
+
+    def _run(self, job: Job) -> GenerationResult:
+        request: GenerationRequest = job.request
+        started = time.monotonic()
+        with self.models.pipeline(job.kind) as (pipe, loaded):
+            embeddings = encode_prompt_pair(
+                pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
+            )
+            seeds = request.seeds()
+            images: list[GeneratedImage] = []
+            for batch in range(request.batch_count):
+                if job.cancelled:
+                    break
+                job.report(batch=batch, batches=request.batch_count, step=0)
+                batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
+                images += self._batch(job, pipe, loaded, embeddings, batch_seeds)
+        return GenerationResult(
+            images=images,
+            interrupted=job.cancelled,
+            notes=self._notes(loaded.entry),
+            seconds=time.monotonic() - started,
+        )
+
+    def _batch(self, job: Job, pipe, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int]):
+        request: GenerationRequest = job.request
+        pipe.scheduler = samplers.build_scheduler(
+            samplers.SamplerChoice(request.sampler, request.schedule), loaded.scheduler_config, seeds[0]
+        )
+        every = self.settings.preview_every
+
+        def on_step(step: int, steps: int, latents) -> bool:
+            preview = latent_preview(latents, (request.width, request.height)) if every and step % every == 0 else None
+            job.report(step=step, steps=steps, **({"preview": preview} if preview else {}))
+            return job.cancelled
+
+        pictures = run_batch(pipe, request, embeddings, seeds, on_step)
+        return [self._save(job, loaded.entry, picture, seed) for picture, seed in zip(pictures, seeds)]
+
+    def _save(self, job: Job, entry: ModelEntry, picture: Image.Image, seed: int) -> GeneratedImage:
+        if self.settings.watermark:
+            picture = apply_watermark(picture, watermark_key(entry.family))
+        parameters = infotext(self._info(job.request, entry, seed))
+        path = self.store.save(picture, parameters, _CATEGORIES[job.kind], seed)
+        return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
+
+    @staticmethod
+    def _info(request: GenerationRequest, entry: ModelEntry, seed: int) -> GenerationInfo:
+        return GenerationInfo(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            steps=request.steps,
+            sampler=request.sampler,
+            schedule_type=request.schedule,
+            cfg_scale=request.cfg_scale,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model_name=entry.name,
+            model_hash=entry.model_hash,
+            denoising_strength=request.strength if request.is_img2img else None,
+            clip_skip=request.clip_skip,
+            extra={"RNG": "CPU"},  # noise comes from CPU generators, whatever the device
+            version=f"Easel {__version__}",
+        )
+
+    @staticmethod
+    def _notes(entry: ModelEntry) -> list[str]:
+        if entry.demo:
+            return [
+                f"'{entry.title}' is a tiny random demo model ({LABELS[entry.family]} architecture): "
+                "its images are noise. Put a real checkpoint into the models folder to make pictures."
+            ]
+        return []
+
+
+
+DEMO_MODEL_NAME = "Easel demo - tiny random SD 1.x (draws noise)"
+
+
+def create_engine(settings: Settings, facts: HardwareFacts | None = None) -> Engine:
+    """The Engine for these settings: device plan, models (plus the demo model with --demo), outputs."""
+    plan = plan_device(facts or probe_hardware(), settings.device)
+    extra_roots: tuple[Path, ...] = ()
+    if settings.demo:
+        from app.models.tiny import save_tiny_model  # only the demo needs it
+
+        save_tiny_model(settings.demo_models_dir / DEMO_MODEL_NAME, SD1)
+        extra_roots = (settings.demo_models_dir,)
+    registry = ModelRegistry(settings.models_dir, extra_roots)
+    registry.refresh()
+    return Engine(settings, ModelManager(registry, plan), OutputStore(settings.outputs_dir))

@@ -1,0 +1,342 @@
+"""A1111-style prompts turned into CLIP text embeddings for diffusers' `prompt_embeds`.
+
+We encode prompts ourselves instead of letting diffusers do it: diffusers knows no `(word:1.3)`
+weighting, truncates at 77 tokens, and its `clip_skip` is broken with transformers 5 (and applied
+to the positive prompt only, where A1111 applies it to both). The behaviour follows A1111's
+`modules/prompt_parser.py` and `modules/sd_hijack_clip.py` so that a prompt copied from A1111
+gives the same conditioning here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+BREAK_WEIGHT = -1.0
+"""Weight of the `("BREAK", -1)` marker that `parse_prompt_attention` emits for `BREAK`."""
+
+CHUNK_LENGTH = 75
+"""Prompt tokens per chunk; with the start and end tokens a chunk fills CLIP's 77 positions."""
+
+COMMA_BACKTRACK = 20
+"""A1111's default `comma_padding_backtrack`: how far back a comma may pull a chunk's end."""
+
+_ROUND_MULTIPLIER = 1.1
+_SQUARE_MULTIPLIER = 1 / 1.1
+
+# A1111's tokenizer of the attention syntax, alternative for alternative, so edge cases
+# (stray ':' or '\', a weight without an opening bracket) split the same way.
+_ATTENTION_TOKEN = re.compile(
+    r"""
+\\\(|
+\\\)|
+\\\[|
+\\]|
+\\\\|
+\\|
+\(|
+\[|
+:([+-]?[.\d]+)\)|
+\)|
+]|
+[^\\()\[\]:]+|
+:
+""",
+    re.X,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    """Split a prompt into (text, weight) runs, as A1111's parser does.
+
+    >>> parse_prompt_attention('a (very beautiful:1.3) [[cat]]')
+    [('a ', 1.0), ('very beautiful', 1.3), (' ', 1.0), ('cat', 0.8264462809917354)]
+    """
+    segments: list[list] = []
+    round_starts: list[int] = []
+    square_starts: list[int] = []
+
+    for match in _ATTENTION_TOKEN.finditer(text or ""):
+        token, weight_text = match.group(0), match.group(1)
+        weight = _explicit_weight(weight_text)
+        if token.startswith("\\"):
+            segments.append([token[1:], 1.0])
+        elif token == "(":
+            round_starts.append(len(segments))
+        elif token == "[":
+            square_starts.append(len(segments))
+        elif weight is not None and round_starts:
+            _multiply_from(segments, round_starts.pop(), weight)
+        elif weight_text is not None and round_starts:
+            # A1111 crashes on a weight like ':1.2.3)'; read it as the text ':1.2.3' and a ')'.
+            segments.append([token[:-1], 1.0])
+            _multiply_from(segments, round_starts.pop(), _ROUND_MULTIPLIER)
+        elif token == ")" and round_starts:
+            _multiply_from(segments, round_starts.pop(), _ROUND_MULTIPLIER)
+        elif token == "]" and square_starts:
+            _multiply_from(segments, square_starts.pop(), _SQUARE_MULTIPLIER)
+        else:
+            segments.extend(_text_with_breaks(token))
+
+    # Unclosed brackets still count, as in A1111: '(unbalanced' is weighted 1.1.
+    for start in round_starts:
+        _multiply_from(segments, start, _ROUND_MULTIPLIER)
+    for start in square_starts:
+        _multiply_from(segments, start, _SQUARE_MULTIPLIER)
+
+    return _merged_runs(segments) or [("", 1.0)]
+
+
+def _explicit_weight(weight_text: str | None) -> float | None:
+    """The number in `(word:1.3)`, or None when absent or not a finite number."""
+    if weight_text is None:
+        return None
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        return None
+    return weight if math.isfinite(weight) else None
+
+
+def _text_with_breaks(text: str) -> list[list]:
+    """Plain text as segments, with a BREAK marker wherever the word BREAK stands alone."""
+    segments: list[list] = []
+    for index, part in enumerate(_BREAK.split(text)):
+        if index > 0:
+            segments.append(["BREAK", BREAK_WEIGHT])
+        segments.append([part, 1.0])
+    return segments
+
+
+def _multiply_from(segments: list[list], start: int, multiplier: float) -> None:
+    # A1111 multiplies BREAK markers too, which turns '(a BREAK b)' into the word "BREAK"
+    # weighted -1.1 instead of a chunk break; markers keep their sentinel weight here.
+    for segment in segments[start:]:
+        if not _is_break(segment):
+            segment[1] *= multiplier
+
+
+def _merged_runs(segments: list[list]) -> list[tuple[str, float]]:
+    """Neighbouring segments of equal weight joined into one run (markers never join)."""
+    runs: list[list] = []
+    for segment in segments:
+        if runs and runs[-1][1] == segment[1] and not _is_break(segment) and not _is_break(runs[-1]):
+            runs[-1][0] += segment[0]
+        else:
+            runs.append(list(segment))
+    return [(text, weight) for text, weight in runs]
+
+
+def _is_break(segment) -> bool:
+    return segment[0] == "BREAK" and segment[1] == BREAK_WEIGHT
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+@dataclass
+class PromptChunk:
+    """Up to 75 prompt token ids with their weights, before start/end/padding are added."""
+
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PromptEmbeddings:
+    positive: torch.Tensor  # (1, 77*k, hidden)
+    negative: torch.Tensor  # (1, 77*k, hidden), same shape as positive
+
+
+def prompt_chunks(tokenizer, prompt: str) -> tuple[list[PromptChunk], int]:
+    """The prompt's 75-token chunks and A1111's token count for it (the UI's "23/75").
+
+    Follows A1111's `tokenize_line`: a chunk that would overflow ends after its last comma when
+    that comma is within the last 20 tokens, so phrases are not cut in half; BREAK ends a chunk.
+    """
+    comma = _comma_token_id(tokenizer)
+    chunks: list[PromptChunk] = []
+    chunk = PromptChunk()
+    last_comma = -1
+    token_count = 0
+
+    for tokens, weight in _weighted_token_runs(tokenizer, prompt):
+        if tokens is None:
+            chunks.append(chunk)
+            token_count += CHUNK_LENGTH
+            chunk, last_comma = PromptChunk(), -1
+            continue
+        for token in tokens:
+            if token == comma:
+                last_comma = len(chunk.tokens)
+            elif (
+                len(chunk.tokens) == CHUNK_LENGTH
+                and last_comma != -1
+                and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK
+            ):
+                cut = last_comma + 1
+                chunks.append(PromptChunk(chunk.tokens[:cut], chunk.weights[:cut]))
+                token_count += CHUNK_LENGTH
+                chunk, last_comma = PromptChunk(chunk.tokens[cut:], chunk.weights[cut:]), -1
+            if len(chunk.tokens) == CHUNK_LENGTH:
+                chunks.append(chunk)
+                token_count += CHUNK_LENGTH
+                chunk, last_comma = PromptChunk(), -1
+            chunk.tokens.append(token)
+            chunk.weights.append(weight)
+
+    # A trailing BREAK adds no empty chunk, but an empty prompt still gets one.
+    if chunk.tokens or not chunks:
+        chunks.append(chunk)
+        token_count += len(chunk.tokens)
+    return chunks, token_count
+
+
+def count_tokens(tokenizer, prompt: str) -> tuple[int, int]:
+    """(tokens used, limit rounded up to a multiple of 75), as A1111 shows "23/75"."""
+    _, used = prompt_chunks(tokenizer, prompt)
+    return used, math.ceil(max(used, 1) / CHUNK_LENGTH) * CHUNK_LENGTH
+
+
+def _weighted_token_runs(tokenizer, prompt: str) -> list[tuple[list[int] | None, float]]:
+    """Token ids of each parsed run with its weight; None in place of ids marks a BREAK."""
+    runs = parse_prompt_attention(prompt)
+    texts = [text for text, _ in runs]
+    # verbose=False: prompts longer than 77 tokens are expected here, not worth a warning.
+    ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    return [
+        (None, weight) if _is_break((text, weight)) else (list(tokens), weight)
+        for tokens, (text, weight) in zip(ids, runs)
+    ]
+
+
+def _comma_token_id(tokenizer) -> int | None:
+    ids = tokenizer(",", add_special_tokens=False, verbose=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
+def chunk_ids_and_weights(tokenizer, chunk: PromptChunk) -> tuple[list[int], list[float]]:
+    """The 77 ids the text encoder sees: start, tokens, end, then padding; weights alike.
+
+    Padding after the end token with `pad_token_id` is what A1111 ends up with for both
+    families (SD1 pads with the end token itself, SD2 with "!") and what the tokenizer gives
+    with padding="max_length", so an unweighted prompt encodes exactly as diffusers would.
+    """
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    padding = CHUNK_LENGTH - len(chunk.tokens)
+    ids = [bos, *chunk.tokens, eos] + [pad] * padding
+    weights = [1.0, *chunk.weights, 1.0] + [1.0] * padding
+    return ids, weights
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_prompt(
+    tokenizer, text_encoder, prompt: str, clip_skip: int = 1, min_chunks: int = 1
+) -> torch.Tensor:
+    """Embeddings (1, 77*k, hidden) of a prompt, k >= min_chunks, padded with empty chunks."""
+    chunks, _ = prompt_chunks(tokenizer, prompt)
+    embeddings = [_chunk_embedding(tokenizer, text_encoder, chunk, clip_skip) for chunk in chunks]
+    return _padded_to_chunks(tokenizer, text_encoder, embeddings, min_chunks, clip_skip)
+
+
+def encode_prompt_pair(
+    tokenizer, text_encoder, prompt: str, negative_prompt: str, clip_skip: int = 1
+) -> PromptEmbeddings:
+    """Positive and negative embeddings of equal shape, as diffusers requires for CFG.
+
+    The shorter one is padded with embeddings of the empty prompt, as A1111 pads the
+    unconditional side (its `pad_cond_uncond`).
+    """
+    positive_chunks, _ = prompt_chunks(tokenizer, prompt)
+    negative_chunks, _ = prompt_chunks(tokenizer, negative_prompt)
+    chunk_count = max(len(positive_chunks), len(negative_chunks))
+    positive = [_chunk_embedding(tokenizer, text_encoder, c, clip_skip) for c in positive_chunks]
+    negative = [_chunk_embedding(tokenizer, text_encoder, c, clip_skip) for c in negative_chunks]
+    return PromptEmbeddings(
+        positive=_padded_to_chunks(tokenizer, text_encoder, positive, chunk_count, clip_skip),
+        negative=_padded_to_chunks(tokenizer, text_encoder, negative, chunk_count, clip_skip),
+    )
+
+
+def _padded_to_chunks(
+    tokenizer, text_encoder, embeddings: list[torch.Tensor], chunk_count: int, clip_skip: int
+) -> torch.Tensor:
+    """Chunk embeddings joined along the sequence axis, filled up with empty chunks."""
+    missing = chunk_count - len(embeddings)
+    if missing > 0:
+        empty = _chunk_embedding(tokenizer, text_encoder, PromptChunk(), clip_skip)
+        embeddings = embeddings + [empty] * missing
+    return torch.cat(embeddings, dim=1)
+
+
+def _chunk_embedding(tokenizer, text_encoder, chunk: PromptChunk, clip_skip: int) -> torch.Tensor:
+    ids, weights = chunk_ids_and_weights(tokenizer, chunk)
+    device = _module_device(text_encoder)
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    with torch.no_grad():
+        hidden = _hidden_states(text_encoder, input_ids, clip_skip)
+        return emphasized(hidden, torch.tensor([weights], device=device))
+
+
+def _hidden_states(text_encoder, input_ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    """Last layer's output, or with clip_skip > 1 an earlier layer's, normalised as A1111 does."""
+    if clip_skip <= 1:
+        return text_encoder(input_ids)[0]
+    out = text_encoder(input_ids, output_hidden_states=True)
+    # hidden_states[0] is the embedding layer; a skip beyond it would index past the front.
+    layers = out.hidden_states
+    hidden = layers[-min(clip_skip, len(layers))]
+    norm = final_layer_norm(text_encoder)
+    return norm(hidden) if norm is not None else hidden
+
+
+def final_layer_norm(text_encoder) -> torch.nn.Module | None:
+    """The encoder's final LayerNorm, wherever this transformers version keeps it.
+
+    transformers 5 puts it on `CLIPTextModel` itself; older versions and
+    `CLIPTextModelWithProjection` keep it under `.text_model`.
+    """
+    for owner in (text_encoder, getattr(text_encoder, "text_model", None)):
+        norm = getattr(owner, "final_layer_norm", None)
+        if isinstance(norm, torch.nn.Module):
+            return norm
+    for name, module in text_encoder.named_modules():
+        if name.endswith("final_layer_norm"):
+            return module
+    return None
+
+
+def emphasized(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """z scaled per token by its weight, then rescaled to keep z's mean (A1111's "Original").
+
+    Computed in float32 as A1111 does (its weights are float32 even for a half model), and
+    returned in z's dtype. A rescale that would divide by zero is skipped rather than filling
+    the embedding with inf.
+    """
+    if bool((weights == 1.0).all()):
+        return z
+    z32 = z.float()
+    original_mean = z32.mean()
+    weighted = z32 * weights.to(torch.float32)[..., None]
+    new_mean = weighted.mean()
+    if new_mean != 0 and torch.isfinite(original_mean / new_mean):
+        weighted = weighted * (original_mean / new_mean)
+    return weighted.to(z.dtype)
+
+
+def _module_device(module) -> torch.device:
+    device = getattr(module, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -1,0 +1,175 @@
+"""What a user asks for, validated once, before it is queued.
+
+`GenerationRequest` holds what the UI or a client sent; `validated()` returns a copy that is safe
+to run (sizes snapped, ranges checked, sampler resolved, seed chosen, image converted) or raises
+`InvalidRequest` with a sentence that says what to change.
+"""
+
+import math
+import random
+from dataclasses import dataclass, replace
+
+from PIL import Image, ImageOps
+
+from app.errors import InvalidRequest
+from app.generation.samplers import DEFAULT_SAMPLER, resolve_sampler
+
+SIZE_STEP = 8          # the VAE works on 1/8 of the image
+MIN_SIZE = 64
+MAX_SIZE = 2048
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MAX_PROMPT_CHARS = 20_000
+MAX_SEED = 2**32 - 1
+MAX_INIT_PIXELS = 8192 * 8192
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler: str = DEFAULT_SAMPLER
+    schedule: str | None = None  # None/"Automatic": the sampler's default (Karras for DPM++ 2M)
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int | None = 512      # None with an init image: take its size
+    height: int | None = 512
+    seed: int = -1               # -1: a random seed, reported back
+    batch_count: int = 1
+    batch_size: int = 1
+    clip_skip: int = 1
+    init_image: Image.Image | None = None   # set: image-to-image
+    strength: float = 0.75                  # img2img denoising strength, 0..1
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_count * self.batch_size
+
+    def seeds(self) -> list[int]:
+        """One seed per image: seed, seed+1, ... (A1111's order), after validation."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.image_count)]
+
+    def validated(self) -> "GenerationRequest":
+        choice = resolve_sampler(self.sampler, self.schedule)
+        init_image = rgb_image(self.init_image) if self.init_image is not None else None
+        width, height = self._size(init_image)
+        return replace(
+            self,
+            prompt=_text(self.prompt, "prompt"),
+            negative_prompt=_text(self.negative_prompt, "negative prompt"),
+            sampler=choice.sampler,
+            schedule=choice.schedule,
+            steps=_integer(self.steps, "Steps", 1, MAX_STEPS),
+            cfg_scale=_number(self.cfg_scale, "CFG scale", 0.0, MAX_CFG),
+            width=width,
+            height=height,
+            seed=_seed(self.seed),
+            batch_count=_integer(self.batch_count, "Batch count", 1, MAX_BATCH_COUNT),
+            batch_size=_integer(self.batch_size, "Batch size", 1, MAX_BATCH_SIZE),
+            clip_skip=_integer(self.clip_skip, "Clip skip", 1, 12),
+            init_image=init_image.resize((width, height), Image.LANCZOS) if init_image else None,
+            strength=_number(self.strength, "Denoising strength", 0.0, 1.0),
+        )
+
+    def _size(self, init_image: Image.Image | None) -> tuple[int, int]:
+        width, height = self.width, self.height
+        if init_image is not None and (not width or not height):
+            width, height = _fit_within(init_image.size, MAX_SIZE)
+        return _side(width, "Width"), _side(height, "Height")
+
+
+def _text(value, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"The {what} must be text.")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"The {what} is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. Shorten it."
+        )
+    return value
+
+
+def _number(value, what: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{what} must be a number between {low:g} and {high:g}.") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidRequest(f"{what} must be between {low:g} and {high:g}; got {value}.")
+    return number
+
+
+def _integer(value, what: str, low: int, high: int) -> int:
+    number = _number(value, what, low, high)
+    if number != int(number):
+        raise InvalidRequest(f"{what} must be a whole number between {low} and {high}; got {value}.")
+    return int(number)
+
+
+def _side(value, what: str) -> int:
+    """Sizes snap to the nearest multiple of 8, as the model needs; out of range is refused."""
+    message = f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels; got {value}."
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(message) from None
+    if not math.isfinite(number):
+        raise InvalidRequest(message)
+    snapped = int(round(number / SIZE_STEP) * SIZE_STEP)
+    if not MIN_SIZE <= snapped <= MAX_SIZE:
+        raise InvalidRequest(message)
+    return snapped
+
+
+def _seed(value) -> int:
+    seed = _integer(value, "Seed", -1, MAX_SEED) if value is not None else -1
+    return random.randrange(MAX_SEED + 1) if seed == -1 else seed
+
+
+def _fit_within(size: tuple[int, int], limit: int) -> tuple[int, int]:
+    width, height = size
+    scale = min(1.0, limit / max(width, height))
+    return max(MIN_SIZE, round(width * scale)), max(MIN_SIZE, round(height * scale))
+
+
+def rgb_image(image) -> Image.Image:
+    """Any image a user can drop (RGBA, LA, P, L, 1, CMYK, 16-bit, EXIF-rotated) as plain RGB.
+
+    Transparency is composited over white, which is what a sketch or a cut-out looks like on the page.
+    """
+    if not isinstance(image, Image.Image):
+        raise InvalidRequest("The init image could not be read. Upload a PNG, JPEG or WebP image.")
+    if image.width < 1 or image.height < 1:
+        raise InvalidRequest("The init image is empty (0 pixels). Upload another image.")
+    if image.width * image.height > MAX_INIT_PIXELS:
+        raise InvalidRequest(
+            f"The init image is {image.width}x{image.height}; the limit is {MAX_INIT_PIXELS:,} pixels. "
+            "Resize it first."
+        )
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = _eight_bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode != "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and float greyscale scaled to 0..255 by its own range (Pillow would clip instead)."""
+    import numpy as np
+
+    data = np.asarray(image, dtype=np.float64)
+    low, high = float(np.nanmin(data)), float(np.nanmax(data))
+    scaled = np.zeros_like(data) if high <= low else (data - low) / (high - low) * 255.0
+    return Image.fromarray(np.nan_to_num(scaled).astype(np.uint8), "L")

@@ -1,0 +1,48 @@
+"""Typed settings: configs/defaults.yaml, then command-line overrides."""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from app.errors import EaselError
+
+APP_DIR = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = APP_DIR / "configs" / "defaults.yaml"
+
+
+@dataclass
+class Settings:
+    models_dir: Path = Path("models")
+    outputs_dir: Path = Path("outputs")
+    cache_dir: Path = Path(".cache")
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    open_browser: bool = True
+    demo: bool = False
+    watermark: bool = True
+    preview_every: int = 2
+    queue_size: int = 100
+
+    @property
+    def demo_models_dir(self) -> Path:
+        return self.cache_dir / "demo-models"
+
+
+def load_settings(overrides: dict | None = None, defaults_file: Path = DEFAULTS_FILE, base_dir: Path = APP_DIR) -> Settings:
+    """defaults.yaml merged with `overrides` (None values ignored); relative paths resolved against base_dir."""
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(Settings),
+            OmegaConf.load(defaults_file),
+            {k: v for k, v in (overrides or {}).items() if v is not None},
+        )
+    except Exception as error:  # omegaconf raises many types; all mean "this value does not fit"
+        raise EaselError(f"A setting is invalid: {error}. Fix {defaults_file} or the command-line flag.") from error
+    settings = OmegaConf.to_object(merged)
+    for field in fields(Settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, Path) and not value.is_absolute():
+            setattr(settings, field.name, (base_dir / value).resolve())
+    return settings
