@@ -1,4 +1,4 @@
-"""Test-wide setup: offline, one torch thread, deterministic.
+"""Test-wide setup: offline, one torch thread; fixtures with tiny models of the real architectures.
 
 `import app` first: it sets the offline/telemetry switches before anything imports the hub.
 """
@@ -9,3 +9,48 @@ import torch
 
 # On 2 cores, torch with 2 threads was ~200x slower than with 1 on tiny ops.
 torch.set_num_threads(1)
+
+from pathlib import Path
+
+import pytest
+
+from app.devices import HardwareFacts
+from app.engine import Engine, create_engine
+from app.models import families
+from app.models.tiny import save_tiny_model
+from app.settings import load_settings
+
+TINY_SD1 = "tiny-sd15"
+TINY_SD2_V = "tiny-sd21-v"
+CPU_ONLY = HardwareFacts(cpu_name="test", cpu_threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A models folder as a user has it: two diffusers checkpoints (tiny, random, real architectures)."""
+    models = tmp_path_factory.mktemp("models")
+    save_tiny_model(models / "Stable-diffusion" / TINY_SD1, families.SD1, seed=0)
+    save_tiny_model(models / "Stable-diffusion" / TINY_SD2_V, families.SD2_V, seed=1)
+    return models
+
+
+def make_settings(tmp_path: Path, models_dir: Path, **overrides):
+    return load_settings(
+        {
+            "models_dir": str(models_dir),
+            "outputs_dir": str(tmp_path / "outputs"),
+            "cache_dir": str(tmp_path / "cache"),
+            "device": "cpu",
+            "open_browser": False,
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def engine(tiny_models_dir, tmp_path):
+    """An Engine over the tiny models, CPU only, writing outputs under tmp_path/outputs."""
+    engine: Engine = create_engine(make_settings(tmp_path, tiny_models_dir), CPU_ONLY)
+    engine.models.load(TINY_SD1)
+    yield engine
+    engine.close()

@@ -1,0 +1,1 @@
+"""Easel's web UI (Gradio). Presentation only: every action calls the Engine."""

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Start Easel: command-line flags → Settings → Engine → web UI.
+
+    python launch.py            # open http://127.0.0.1:7860 in the browser
+    python launch.py --demo     # no model yet? a tiny random one shows every part working
+"""
+
+import app  # noqa: F401  first: switches off hub lookups and analytics before anything imports them
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from app.errors import EaselError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Easel: a local Stable Diffusion studio.")
+    parser.add_argument("--models-dir", type=Path, help="folder with Stable-diffusion/ inside (default: models)")
+    parser.add_argument("--outputs-dir", type=Path, help="where images are saved (default: outputs)")
+    parser.add_argument("--port", type=int, help="port to serve on (default: 7860)")
+    parser.add_argument("--listen", action="store_true", help="serve to other machines on the network (0.0.0.0)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
+    parser.add_argument("--demo", action="store_true", help="add a tiny random model (draws noise) to try the app")
+    parser.add_argument("--no-watermark", action="store_true", help="do not add the invisible watermark")
+    return parser.parse_args(argv)
+
+
+def settings_overrides(args: argparse.Namespace) -> dict:
+    """Flags given on the command line; paths relative to where the user typed the command."""
+    return {
+        "models_dir": str(args.models_dir.resolve()) if args.models_dir else None,
+        "outputs_dir": str(args.outputs_dir.resolve()) if args.outputs_dir else None,
+        "port": args.port,
+        "host": "0.0.0.0" if args.listen else None,
+        "open_browser": False if args.no_browser else None,
+        "device": args.device,
+        "demo": True if args.demo else None,
+        "watermark": False if args.no_watermark else None,
+    }
+
+
+def preload_model(engine) -> None:
+    """Load the first checkpoint now, so the first Generate does not wait for it."""
+    if not engine.models.entries():
+        print(
+            f"No checkpoint found in {engine.models.registry.checkpoint_dir}. Put a model there, "
+            "or start with --demo to try Easel with a tiny random model."
+        )
+        return
+    try:
+        entry = engine.models.load()
+        print(f"Loaded checkpoint: {entry.title}")
+    except EaselError as error:  # the UI still starts; the user can pick another checkpoint
+        print(error.message, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from app.engine import create_engine
+    from app.settings import load_settings
+    from ui.app import build_ui
+    from ui.server import serve
+
+    try:
+        settings = load_settings(settings_overrides(args))
+        engine = create_engine(settings)
+    except EaselError as error:
+        print(f"Easel could not start: {error.message}", file=sys.stderr)
+        return 2
+    print(engine.plan.description)
+    preload_model(engine)
+    _, local_url = serve(build_ui(engine), settings, block=False)
+    print(f"Easel is running at {local_url}  (press Ctrl+C to stop)")
+    try:
+        import threading
+
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("Stopping Easel.")
+    finally:
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

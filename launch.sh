@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Easel launcher for Linux and macOS. Double-click or run ./launch.sh [flags for launch.py].
+# First run: makes a Python environment in .venv next to this file and installs Easel into it
+# (the CUDA build of torch when an NVIDIA GPU is present, the small CPU build otherwise).
+# Later runs start at once. `./launch.sh --setup-only [--with-tests]` installs and stops.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+STAMP="$VENV/.easel-installed"
+CPU_TORCH_INDEX="${EASEL_CPU_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+TORCH_CPU_PIN="torch==2.13.0"
+TORCH_RANGE="torch>=2.4,<2.14"
+
+setup_only=0
+extras=""
+args=()
+for arg in "$@"; do
+  case "$arg" in
+    --setup-only) setup_only=1 ;;
+    --with-tests) extras="[test]" ;;
+    *) args+=("$arg") ;;
+  esac
+done
+
+say() { printf 'Easel: %s\n' "$*"; }
+fail() { printf 'Easel could not start: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.12 python3.11 python3.10 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+has_nvidia_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+install_torch() {
+  local pip=("$VENV/bin/python" -m pip install --quiet)
+  if "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then return 0; fi
+  if [ "$(uname -s)" = "Darwin" ]; then
+    say "installing PyTorch (Apple build)…"
+    "${pip[@]}" "$TORCH_RANGE"
+  elif has_nvidia_gpu; then
+    say "NVIDIA GPU found: installing PyTorch with CUDA (a large download, once)…"
+    "${pip[@]}" "$TORCH_RANGE"
+  else
+    say "no NVIDIA GPU found: installing the CPU build of PyTorch…"
+    # The CPU index has the small build; PyPI's Linux wheel bundles CUDA (several GB).
+    "${pip[@]}" --retries 1 --timeout 30 --index-url "$CPU_TORCH_INDEX" "$TORCH_CPU_PIN" 2>/dev/null ||
+      "${pip[@]}" "$TORCH_CPU_PIN"
+  fi
+}
+
+deps_fingerprint() { cat pyproject.toml; echo "$extras"; }
+
+python_bin=$(find_python) || fail "Python 3.10 or newer is needed. Install it from https://www.python.org/downloads/ and run this again."
+if [ ! -x "$VENV/bin/python" ]; then
+  say "first run: creating a Python environment in $VENV…"
+  "$python_bin" -m venv "$VENV" || fail "could not create $VENV. On Debian/Ubuntu, install python3-venv first."
+fi
+if [ ! -f "$STAMP" ] || [ "$(deps_fingerprint)" != "$(cat "$STAMP")" ]; then
+  install_torch || fail "installing PyTorch failed. Check your internet connection and run this again."
+  say "installing Easel's packages…"
+  "$VENV/bin/python" -m pip install --quiet -e ".$extras" ||
+    fail "installing packages failed. Check your internet connection and run this again."
+  deps_fingerprint > "$STAMP"
+fi
+[ "$setup_only" = 1 ] && exit 0
+exec "$VENV/bin/python" launch.py ${args[@]+"${args[@]}"}

@@ -1,0 +1,87 @@
+"""Runs one generation for a tab: submit to the engine, stream progress and previews, show results.
+
+The engine does the work; this module only turns its `Job` into what the page shows.
+"""
+
+import logging
+
+import gradio as gr
+
+from app.engine import Engine, GenerationResult
+from app.errors import EaselError
+from app.generation.requests import GenerationRequest
+from app.jobs import Job
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.25
+
+
+def user_message(error: BaseException) -> str:
+    """What the page says about an error: ours say what to do; anything else is a bug we own up to."""
+    if isinstance(error, EaselError):
+        return error.message
+    return (
+        f"Something went wrong inside Easel ({type(error).__name__}: {error}). Your settings are kept; "
+        "try again, and if it happens again, the terminal window shows the details for a bug report."
+    )
+
+
+def progress_line(engine: Engine, job: Job) -> str:
+    if job.state.value == "queued":
+        return f"Waiting in the queue: position {engine.position(job)}."
+    p = job.progress
+    if not p.steps:
+        return "Loading the model and preparing…"
+    eta = p.eta_seconds()
+    parts = [f"Step {p.step}/{p.steps}"]
+    if p.batches > 1:
+        parts.append(f"batch {p.batch + 1}/{p.batches}")
+    if eta is not None:
+        parts.append(f"about {eta:.0f} s left")
+    return " · ".join(parts)
+
+
+def result_status(result: GenerationResult) -> str:
+    count = len(result.images)
+    seeds = ", ".join(str(s) for s in result.seeds[:8]) + ("…" if count > 8 else "")
+    head = f"Interrupted: kept {count} image(s)" if result.interrupted else f"Done: {count} image(s)"
+    lines = [f"{head} in {result.seconds:.1f} s. Seed(s): {seeds}."]
+    lines += [f"**Note:** {note}" for note in result.notes]
+    return "\n\n".join(lines)
+
+
+def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
+    """A Gradio generator: yields (job, gallery, preview, status, info, parameters) as the job runs."""
+    try:
+        job = engine.submit(request)
+    except EaselError as error:
+        raise gr.Error(error.message) from None
+    seen = -1
+    while not job.finished:
+        seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
+        p = job.progress
+        if p.steps:
+            progress(p.fraction, desc=progress_line(engine, job))
+        preview = gr.update(value=p.preview, visible=True) if p.preview is not None else gr.skip()
+        yield job, gr.skip(), preview, progress_line(engine, job), gr.skip(), gr.skip()
+    try:
+        result: GenerationResult = job.wait()
+    except Exception as error:  # shown in the page, never as a stack trace
+        if not isinstance(error, EaselError):
+            log.exception("Generation failed")
+        raise gr.Error(user_message(error)) from None
+    if result is None:  # cancelled before it started
+        yield None, gr.skip(), gr.update(visible=False), "Cancelled before it started.", gr.skip(), gr.skip()
+        return
+    gallery = [(str(image.path), f"Seed {image.seed}") for image in result.images]
+    parameters = [image.parameters for image in result.images]
+    first = parameters[0] if parameters else ""
+    yield None, gallery, gr.update(value=None, visible=False), result_status(result), first, parameters
+
+
+def interrupt(job: Job | None) -> str:
+    """Stops this page's own job; what it made so far is kept."""
+    if job is None or job.finished:
+        return "Nothing is running."
+    job.cancel()
+    return "Interrupting… the images finished so far are kept."
