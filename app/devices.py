@@ -70,6 +70,10 @@ def _cpu_plan(facts: HardwareFacts, why: str) -> DevicePlan:
     )
 
 
+def _mps_plan() -> DevicePlan:
+    return DevicePlan("mps", torch.float16, MemoryMode.FULL, "Running on the Apple GPU (MPS) in float16.")
+
+
 def plan_device(facts: HardwareFacts, requested: str = "auto") -> DevicePlan:
     """The device, precision and memory mode to use, from the facts and `--device`."""
     if requested not in ("auto", "cpu", "cuda", "mps"):
@@ -83,6 +87,8 @@ def plan_device(facts: HardwareFacts, requested: str = "auto") -> DevicePlan:
         raise DeviceUnavailable("You asked for --device mps, but this machine has no Apple GPU. Use --device auto.")
     if requested == "cpu":
         return _cpu_plan(facts, "CPU chosen with --device cpu.")
+    if requested == "mps":
+        return _mps_plan()
     if facts.cuda_available:
         return DevicePlan(
             "cuda",
@@ -91,5 +97,5 @@ def plan_device(facts: HardwareFacts, requested: str = "auto") -> DevicePlan:
             f"Running on {facts.cuda_name} ({_gib(facts.cuda_total_bytes)}) in float16.",
         )
     if facts.mps_available:
-        return DevicePlan("mps", torch.float16, MemoryMode.FULL, "Running on the Apple GPU (MPS) in float16.")
+        return _mps_plan()
     return _cpu_plan(facts, "No GPU found.")

@@ -134,7 +134,7 @@ class Engine:
     def _batch(self, job: Job, pipe, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int]):
         request: GenerationRequest = job.request
         pipe.scheduler = samplers.build_scheduler(
-            samplers.SamplerChoice(request.sampler, request.schedule), loaded.scheduler_config, seeds[0]
+            samplers.SamplerChoice(request.sampler, request.schedule), loaded.scheduler_config, seeds
         )
         every = self.settings.preview_every
 

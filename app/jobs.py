@@ -133,6 +133,8 @@ class JobQueue:
 
     def submit(self, job: Job) -> Job:
         with self._lock:
+            if self._closed:
+                raise EaselError("Easel is shutting down and takes no new jobs. Start it again, then retry.")
             if len(self._waiting) >= self._max_size:
                 raise QueueFull(
                     f"{len(self._waiting)} jobs are already waiting, the most this server takes. "

@@ -97,7 +97,7 @@ def results_panel(tab: str) -> ResultsPanel:
     )
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{tab}-info")
     parameters = gr.State([])
-    gallery.select(_selected_parameters, inputs=parameters, outputs=info, queue=False)
+    gallery.select(_selected_parameters, inputs=parameters, outputs=info, queue=False, api_visibility="private")
     return ResultsPanel(gallery, preview, status, info, parameters)
 
 

@@ -97,32 +97,44 @@ def _text(value, what: str) -> str:
 
 
 def _number(value, what: str, low: float, high: float) -> float:
+    limits = f"between {_plain(low)} and {_plain(high)}"
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{what} must be a number between {low:g} and {high:g}.") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too big for a float
+        raise InvalidRequest(f"{what} must be a number {limits}.") from None
     if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidRequest(f"{what} must be between {low:g} and {high:g}; got {value}.")
+        raise InvalidRequest(f"{what} must be {limits}; got {_shown(value)}.")
     return number
 
 
 def _integer(value, what: str, low: int, high: int) -> int:
     number = _number(value, what, low, high)
     if number != int(number):
-        raise InvalidRequest(f"{what} must be a whole number between {low} and {high}; got {value}.")
+        raise InvalidRequest(f"{what} must be a whole number between {low} and {high}; got {_shown(value)}.")
     return int(number)
+
+
+def _plain(limit: float) -> str:
+    """4294967295, not 4.29497e+09: a user should read the exact limit."""
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+
+
+def _shown(value) -> str:
+    """The offending value, cut short: a megabyte-long value has no place in a message."""
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _side(value, what: str) -> int:
     """Sizes snap to the nearest multiple of 8, as the model needs; out of range is refused."""
-    message = f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels; got {value}."
+    message = f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels; got {_shown(value)}."
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidRequest(message) from None
     if not math.isfinite(number):
         raise InvalidRequest(message)
-    snapped = int(round(number / SIZE_STEP) * SIZE_STEP)
+    snapped = int(math.floor(number / SIZE_STEP + 0.5) * SIZE_STEP)  # halves round up, not to even
     if not MIN_SIZE <= snapped <= MAX_SIZE:
         raise InvalidRequest(message)
     return snapped
@@ -158,7 +170,7 @@ def rgb_image(image) -> Image.Image:
         image = _eight_bit(image)
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode != "RGB" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

@@ -120,7 +120,7 @@ def _check_schedule_supported(spec: SamplerSpec, schedule: str) -> None:
         )
 
 
-def build_scheduler(choice: SamplerChoice, model_scheduler_config: dict, seed: int | None = None):
+def build_scheduler(choice: SamplerChoice, model_scheduler_config: dict, seeds: list[int] | None = None):
     """A fresh scheduler for one job.
 
     Always start from the checkpoint's own scheduler config (never a previously swapped one),
@@ -133,6 +133,8 @@ def build_scheduler(choice: SamplerChoice, model_scheduler_config: dict, seed: i
     for flag in filter(None, SCHEDULES.values()):
         if flag in accepted:
             options[flag] = flag == SCHEDULES[choice.schedule]
-    if "noise_sampler_seed" in accepted and seed is not None:
-        options["noise_sampler_seed"] = seed  # the SDE sampler's Brownian noise follows the seed too
+    if "noise_sampler_seed" in accepted and seeds:
+        # The SDE sampler's Brownian noise follows the seeds too: one noise tree per image, so
+        # image i of a batch is the image a single run with its own seed makes.
+        options["noise_sampler_seed"] = seeds[0] if len(seeds) == 1 else list(seeds)
     return scheduler_class.from_config(model_scheduler_config, **options)
