@@ -134,7 +134,7 @@ def _side(value, what: str) -> int:
         raise InvalidRequest(message) from None
     if not math.isfinite(number):
         raise InvalidRequest(message)
-    snapped = int(math.floor(number / SIZE_STEP + 0.5) * SIZE_STEP)  # halves round up, not to even
+    snapped = int(round(number / SIZE_STEP) * SIZE_STEP)
     if not MIN_SIZE <= snapped <= MAX_SIZE:
         raise InvalidRequest(message)
     return snapped
