@@ -5,7 +5,15 @@
     python launch.py --demo     # no model yet? a tiny random one shows every part working
 """
 
-import app  # noqa: F401  first: switches off hub lookups and analytics before anything imports them
+import os
+
+# A terminal for people, not a log: the ML libraries' own progress bars and notices would drown
+# Easel's few lines. Errors still show. Set before the libraries are imported.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import app  # noqa: E402,F401  first of ours: switches off hub lookups and analytics before anything imports them
 
 import argparse
 import logging
@@ -60,8 +68,7 @@ def preload_model(engine) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     from app.engine import create_engine
     from app.settings import load_settings

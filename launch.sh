@@ -56,19 +56,26 @@ install_torch() {
   fi
 }
 
-deps_fingerprint() { cat pyproject.toml; echo "$extras"; }
+# The stamp records what was installed: pyproject's content and whether the test extras came too,
+# so a launch after the tests does not reinstall, and a change to pyproject does.
+deps_fingerprint() { cksum < pyproject.toml; }
+installed_enough() {
+  [ -f "$STAMP" ] || return 1
+  [ "$(head -n 1 "$STAMP")" = "$(deps_fingerprint)" ] || return 1
+  [ -z "$extras" ] || [ "$(sed -n 2p "$STAMP")" = "$extras" ]
+}
 
 python_bin=$(find_python) || fail "Python 3.10 or newer is needed. Install it from https://www.python.org/downloads/ and run this again."
 if [ ! -x "$VENV/bin/python" ]; then
   say "first run: creating a Python environment in $VENV…"
   "$python_bin" -m venv "$VENV" || fail "could not create $VENV. On Debian/Ubuntu, install python3-venv first."
 fi
-if [ ! -f "$STAMP" ] || [ "$(deps_fingerprint)" != "$(cat "$STAMP")" ]; then
+if ! installed_enough; then
   install_torch || fail "installing PyTorch failed. Check your internet connection and run this again."
   say "installing Easel's packages…"
   "$VENV/bin/python" -m pip install --quiet -e ".$extras" ||
     fail "installing packages failed. Check your internet connection and run this again."
-  deps_fingerprint > "$STAMP"
+  printf '%s\n%s\n' "$(deps_fingerprint)" "$extras" > "$STAMP"
 fi
 [ "$setup_only" = 1 ] && exit 0
 exec "$VENV/bin/python" launch.py ${args[@]+"${args[@]}"}

@@ -369,3 +369,32 @@ def test_unknown_weights_are_refused_not_dropped():
     text["encoder.layers.0.self_attn.rotary.weight"] = torch.zeros(1)
     with pytest.raises(ConversionError, match="rotary"):
         open_clip_to_ldm(text)
+
+
+def test_real_sized_models_are_recognised_by_diffusers():
+    """At the released sizes (weights on the meta device: no memory, no time) diffusers' key-shape
+    detection names every family correctly, so the layout matches the real files."""
+    from accelerate import init_empty_weights
+
+    sd2_unet = dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+    with init_empty_weights():
+        unets = {
+            "v1": UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8),
+            "v2": UNet2DConditionModel(**sd2_unet),
+            "inpainting_v2": UNet2DConditionModel(in_channels=9, **sd2_unet),
+            "upscale": UNet2DConditionModel(
+                in_channels=7, out_channels=4, block_out_channels=(256, 512, 512, 1024), layers_per_block=2,
+                down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+                up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
+                only_cross_attention=(True, True, True, False), cross_attention_dim=1024, attention_head_dim=8,
+                use_linear_projection=True, num_class_embeds=1000),
+        }
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)
+    for expected, unet in unets.items():
+        ldm = {"model.diffusion_model." + k: v for k, v in unet_to_ldm(unet.state_dict()).items()}
+        ldm.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae.state_dict()).items()})
+        assert infer_diffusers_model_type(ldm) == expected
+        if expected == "v1":
+            # v1-5-pruned-emaonly holds 686 UNet and 248 VAE tensors
+            assert len(ldm) == 686 + 248
