@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listen", action="store_true", help="serve to other machines on the network (0.0.0.0)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
+    parser.add_argument("--medvram", action="store_true", help="GPU with little memory: one model part at a time on it")
+    parser.add_argument("--lowvram", action="store_true", help="GPU with very little memory: one layer at a time (slow)")
+    parser.add_argument("--no-half", action="store_true", help="float32 on the GPU too (if your card makes black images)")
     parser.add_argument("--demo", action="store_true", help="add a tiny random model (draws noise) to try the app")
     parser.add_argument("--no-watermark", action="store_true", help="do not add the invisible watermark")
     return parser.parse_args(argv)
@@ -45,6 +48,9 @@ def settings_overrides(args: argparse.Namespace) -> dict:
         "host": "0.0.0.0" if args.listen else None,
         "open_browser": False if args.no_browser else None,
         "device": args.device,
+        "medvram": True if args.medvram else None,
+        "lowvram": True if args.lowvram else None,
+        "no_half": True if args.no_half else None,
         "demo": True if args.demo else None,
         "watermark": False if args.no_watermark else None,
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from app import __version__
-from app.devices import DevicePlan, HardwareFacts, plan_device, probe_hardware
+from app.devices import DeviceOptions, DevicePlan, HardwareFacts, is_out_of_memory, plan_device, probe_hardware
 from app.generation import samplers
 from app.generation.diffusion import run_batch
 from app.generation.previews import latent_preview
@@ -112,7 +112,9 @@ class Engine:
     def _run(self, job: Job) -> GenerationResult:
         request: GenerationRequest = job.request
         started = time.monotonic()
-        with self.models.pipeline(job.kind) as (pipe, loaded):
+        notes: list[str] = []
+        with self.models.use() as loaded:
+            pipe = self.models.pipeline_for(job.kind)
             embeddings = encode_prompt_pair(
                 pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
             )
@@ -123,13 +125,26 @@ class Engine:
                     break
                 job.report(batch=batch, batches=request.batch_count, step=0)
                 batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
-                images += self._batch(job, pipe, loaded, embeddings, batch_seeds)
+                pictures = self._batch_with_retry(job, loaded, embeddings, batch_seeds, notes)
+                images += [self._save(job, loaded.entry, p, seed) for p, seed in zip(pictures, batch_seeds)]
         return GenerationResult(
             images=images,
             interrupted=job.cancelled,
-            notes=self._notes(loaded.entry),
+            notes=self._notes(loaded.entry) + notes,
             seconds=time.monotonic() - started,
         )
+
+    def _batch_with_retry(self, job: Job, loaded: LoadedModel, embeddings, seeds: list[int], notes: list[str]):
+        """One batch; out of memory steps the memory mode down and runs the same batch again."""
+        while True:
+            pipe = self.models.pipeline_for(job.kind)  # again: a step down may have moved it
+            try:
+                return self._batch(job, pipe, loaded, embeddings, seeds)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                mode = self.models.degrade()  # raises when there is no lower mode
+                notes.append(f"Ran out of memory, so Easel switched to a leaner mode and ran the batch again: {mode}")
 
     def _batch(self, job: Job, pipe, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int]):
         request: GenerationRequest = job.request
@@ -143,8 +158,10 @@ class Engine:
             job.report(step=step, steps=steps, **({"preview": preview} if preview else {}))
             return job.cancelled
 
-        pictures = run_batch(pipe, request, embeddings, seeds, on_step)
-        return [self._save(job, loaded.entry, picture, seed) for picture, seed in zip(pictures, seeds)]
+        batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32)
+        if batch.vae_float32 and not loaded.vae_float32:
+            self.models.remember_vae_float32()  # this model's VAE overflows in half precision
+        return batch.images
 
     def _save(self, job: Job, entry: ModelEntry, picture: Image.Image, seed: int) -> GeneratedImage:
         if self.settings.watermark:
@@ -189,13 +206,18 @@ DEMO_MODEL_NAME = "Easel demo - tiny random SD 1.x (draws noise)"
 
 def create_engine(settings: Settings, facts: HardwareFacts | None = None) -> Engine:
     """The Engine for these settings: device plan, models (plus the demo model with --demo), outputs."""
-    plan = plan_device(facts or probe_hardware(), settings.device)
+    facts = facts or probe_hardware()
+    options = DeviceOptions(
+        device=settings.device, lowvram=settings.lowvram, medvram=settings.medvram, no_half=settings.no_half
+    )
+    plan = plan_device(facts, options)
     extra_roots: tuple[Path, ...] = ()
     if settings.demo:
         from app.models.tiny import save_tiny_model  # only the demo needs it
 
         save_tiny_model(settings.demo_models_dir / DEMO_MODEL_NAME, SD1)
         extra_roots = (settings.demo_models_dir,)
-    registry = ModelRegistry(settings.models_dir, extra_roots)
+    registry = ModelRegistry(settings.models_dir, extra_roots, cache_file=settings.cache_dir / "model-facts.json")
     registry.refresh()
-    return Engine(settings, ModelManager(registry, plan), OutputStore(settings.outputs_dir))
+    manager = ModelManager(registry, plan, facts, settings.model_configs_dir)
+    return Engine(settings, manager, OutputStore(settings.outputs_dir))

@@ -16,7 +16,11 @@ class Settings:
     models_dir: Path = Path("models")
     outputs_dir: Path = Path("outputs")
     cache_dir: Path = Path(".cache")
+    model_configs_dir: Path = Path("configs/models")
     device: str = "auto"
+    lowvram: bool = False
+    medvram: bool = False
+    no_half: bool = False
     host: str = "127.0.0.1"
     port: int = 7860
     open_browser: bool = True

@@ -17,7 +17,7 @@ import pytest
 from app.devices import HardwareFacts
 from app.engine import Engine, create_engine
 from app.models import families
-from app.models.tiny import save_tiny_model
+from app.models.tiny import save_tiny_configs, save_tiny_model
 from app.settings import load_settings
 
 TINY_SD1 = "tiny-sd15"
@@ -34,6 +34,13 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     return models
 
 
+@pytest.fixture(scope="session")
+def tiny_configs_dir(tmp_path_factory) -> Path:
+    """Config folders like configs/models/, for the tiny architectures: the real single-file
+    loading code runs unchanged with tiny checkpoints when pointed here."""
+    return save_tiny_configs(tmp_path_factory.mktemp("model-configs"))
+
+
 def make_settings(tmp_path: Path, models_dir: Path, **overrides):
     return load_settings(
         {
@@ -48,9 +55,10 @@ def make_settings(tmp_path: Path, models_dir: Path, **overrides):
 
 
 @pytest.fixture
-def engine(tiny_models_dir, tmp_path):
+def engine(tiny_models_dir, tiny_configs_dir, tmp_path):
     """An Engine over the tiny models, CPU only, writing outputs under tmp_path/outputs."""
-    engine: Engine = create_engine(make_settings(tmp_path, tiny_models_dir), CPU_ONLY)
+    settings = make_settings(tmp_path, tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
+    engine: Engine = create_engine(settings, CPU_ONLY)
     engine.models.load(TINY_SD1)
     yield engine
     engine.close()

@@ -1,5 +1,7 @@
-"""One batch through a diffusers pipeline: our embeddings, our sampler, our step callback."""
+"""One batch through a diffusers pipeline: our embeddings, our sampler, our step callback,
+and our own VAE decode with a guard against half-precision NaNs."""
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -10,6 +12,12 @@ from app.generation.requests import GenerationRequest
 
 # Called after every denoising step with (step done, steps in total, latents); returns True to stop.
 StepCallback = Callable[[int, int, torch.Tensor], bool]
+
+
+@dataclass
+class BatchImages:
+    images: list[Image.Image]
+    vae_float32: bool  # the decode needed float32 (half precision gave NaN)
 
 
 def generators_for(seeds: list[int]) -> list[torch.Generator]:
@@ -23,12 +31,17 @@ def run_batch(
     embeddings: PromptEmbeddings,
     seeds: list[int],
     on_step: StepCallback,
-) -> list[Image.Image]:
+    vae_float32: bool = False,
+) -> BatchImages:
     """Images for `seeds` (one batch), with the pipeline's scheduler already set for this job."""
+    latents = denoised_latents(pipe, request, embeddings, seeds, on_step)
+    return decoded(pipe, latents, vae_float32)
 
+
+def denoised_latents(pipe, request, embeddings, seeds, on_step) -> torch.Tensor:
     def step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
         if on_step(step + 1, pipeline.num_timesteps, tensors["latents"]):
-            pipeline._interrupt = True  # diffusers skips the remaining steps, then decodes
+            pipeline._interrupt = True  # diffusers skips the remaining steps
         return tensors
 
     device = pipe._execution_device
@@ -41,15 +54,33 @@ def run_batch(
         generator=generators_for(seeds),
         callback_on_step_end=step_end,
         callback_on_step_end_tensor_inputs=["latents"],
-        output_type="pil",
+        output_type="latent",  # we decode ourselves, to catch half-precision NaNs
     )
     if request.is_img2img:
         # At least one step runs, so strength 0 returns the init image through the model, not an error.
-        arguments.update(
-            image=request.init_image,
-            strength=max(request.strength, 1.0 / request.steps),
-        )
+        arguments.update(image=request.init_image, strength=max(request.strength, 1.0 / request.steps))
     else:
         arguments.update(width=request.width, height=request.height)
     with torch.inference_mode():
         return pipe(**arguments).images
+
+
+def decoded(pipe, latents: torch.Tensor, vae_float32: bool = False) -> BatchImages:
+    """Latents to pictures. A half-precision VAE can overflow to NaN (black images, notably SD 2.1
+    at 768 px); then decode again in float32 and report it so the model keeps float32 for its VAE."""
+    if not vae_float32:
+        pixels = _vae_decode(pipe, latents)
+        if torch.isfinite(pixels).all():
+            return BatchImages(_pictures(pipe, pixels), vae_float32=False)
+    pipe.vae.to(dtype=torch.float32)
+    return BatchImages(_pictures(pipe, _vae_decode(pipe, latents)), vae_float32=True)
+
+
+def _vae_decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    vae = pipe.vae
+    with torch.inference_mode():
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+
+
+def _pictures(pipe, pixels: torch.Tensor) -> list[Image.Image]:
+    return pipe.image_processor.postprocess(pixels.float(), output_type="pil")

@@ -1,58 +1,71 @@
 """The one place that loads checkpoints and hands out pipelines, for every tab and the API.
 
 One checkpoint is active at a time. Its image-to-image sibling shares the same modules (built
-with `from_pipe`), so switching tabs costs nothing and a swap frees everything at once.
+with `from_pipe`), so switching tabs costs nothing and a swap frees everything at once. Swaps
+release the old model completely (hooks, siblings, caches) so memory does not grow; a failed load
+leaves the previous model working. Out of memory during a job steps the device plan down one rung.
 """
 
-import gc
 import threading
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline
 
-from app.devices import DevicePlan
-from app.errors import ModelLoadError, NoModelAvailable
-from app.models.registry import ModelEntry, ModelRegistry
+from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan, degraded, free_memory, probe_hardware
+from app.errors import EaselError, InvalidRequest, ModelLoadError, NoModelAvailable
+from app.models import families
+from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline
+from app.models.registry import SINGLE_FILE, ModelEntry, ModelRegistry
 
 TXT2IMG = "txt2img"
 IMG2IMG = "img2img"
 _SIBLINGS = {IMG2IMG: StableDiffusionImg2ImgPipeline}
+_GENERATING_FAMILIES = (families.SD1, families.SD2, families.SD2_V)
+# Loading the new model before releasing the old one keeps the old one usable if the load fails,
+# but needs room for both; only then do it, with this much to spare for activations.
+_SWAP_HEADROOM = 1.5
 
 
 @dataclass
 class LoadedModel:
     entry: ModelEntry
-    base: StableDiffusionPipeline
+    base: DiffusionPipeline
     scheduler_config: dict          # the checkpoint's own; each job builds its sampler from it
     siblings: dict[str, DiffusionPipeline] = field(default_factory=dict)
+    hooked: str = TXT2IMG           # which pipeline carries the offload hooks (offload modes)
+    vae_float32: bool = False       # fp16 decodes gave NaN once: decode this model in fp32 from now on
+
+    def pipelines(self) -> list[DiffusionPipeline]:
+        return [self.base, *self.siblings.values()]
 
 
-def _load_diffusers_folder(entry: ModelEntry, plan: DevicePlan) -> StableDiffusionPipeline:
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            entry.path,
-            dtype=plan.dtype,
-            local_files_only=True,
-            use_safetensors=True,  # never unpickle a download: .bin weights can run code
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    except (OSError, ValueError, EnvironmentError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(
-            f"Could not load the checkpoint '{entry.title}' ({error}). Check that the folder is complete "
-            f"and holds .safetensors weights, or remove it from the models folder."
-        ) from error
-    pipe.set_progress_bar_config(disable=True)  # progress is reported through the job instead
-    return pipe.to(plan.device)
+def model_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
+    """Roughly what the model takes in memory: files are often float16, float32 doubles that."""
+    files = [entry.path] if entry.layout == SINGLE_FILE else entry.path.rglob("*.safetensors")
+    on_disk = sum(path.stat().st_size for path in files)
+    return on_disk * 2 if dtype == torch.float32 else on_disk
+
+
+def load_new_first(available_bytes: int, new_model_bytes: int) -> bool:
+    """Whether there is room to hold the new model beside the old one while it loads."""
+    return available_bytes > new_model_bytes * _SWAP_HEADROOM
 
 
 class ModelManager:
-    def __init__(self, registry: ModelRegistry, plan: DevicePlan):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        plan: DevicePlan,
+        facts: HardwareFacts | None = None,
+        config_root: Path = MODEL_CONFIGS_DIR,
+    ):
         self.registry = registry
+        self.config_root = config_root
         self.plan = plan
+        self.facts = facts or HardwareFacts()
         self._loaded: LoadedModel | None = None
         # Held while a job runs and while loading, so a swap waits for the job in progress.
         self._lock = threading.RLock()
@@ -61,6 +74,10 @@ class ModelManager:
     def active(self) -> ModelEntry | None:
         return self._loaded.entry if self._loaded else None
 
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
     def entries(self) -> list[ModelEntry]:
         return self.registry.entries
 
@@ -68,20 +85,27 @@ class ModelManager:
         return self.registry.refresh()
 
     def load(self, title: str | None = None) -> ModelEntry:
-        """Make `title` (default: the first checkpoint) the active one; a no-op if it already is."""
+        """Make `title` (default: the first usable checkpoint) the active one; a no-op if it already is."""
         entry = self._entry(title)
+        if entry.problem:
+            raise ModelLoadError(entry.problem)  # before anything is unloaded
         with self._lock:
-            if self._loaded and self._loaded.entry == entry:
+            if self._loaded and self._loaded.entry.path == entry.path and self._loaded.entry.family == entry.family:
+                return self._loaded.entry
+            if self._loaded and load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
+                loaded = self._load(entry)  # raises with the old model still in place
+                self.unload()
+                self._loaded = loaded
                 return entry
             previous = self._loaded.entry if self._loaded else None
             self.unload()
             try:
                 self._loaded = self._load(entry)
-            except ModelLoadError:
+            except EaselError:
                 if previous is not None:
                     self._loaded = self._load(previous)  # a failed swap leaves the old model working
                 raise
-            return entry
+            return self._loaded.entry
 
     def unload(self) -> None:
         """Release every module of the active checkpoint, its siblings included."""
@@ -89,30 +113,60 @@ class ModelManager:
             loaded, self._loaded = self._loaded, None
             if loaded is None:
                 return
-            for pipe in (loaded.base, *loaded.siblings.values()):
+            for pipe in loaded.pipelines():
                 pipe.remove_all_hooks()
+            loaded.siblings.clear()
             del loaded, pipe
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_memory()
+
+    def degrade(self) -> str:
+        """After running out of memory: one memory mode down, applied to the loaded model.
+
+        Returns a sentence for the user; raises if there is no lower mode to go to.
+        """
+        with self._lock:
+            lower = degraded(self.plan, self.facts)
+            if lower is None:
+                raise EaselError(
+                    "Easel ran out of memory even on the CPU. Close other programs, or choose a smaller "
+                    "image size or batch size, and try again."
+                )
+            self.plan = lower
+            free_memory()
+            if self._loaded:
+                apply_plan(self._loaded.base, lower)
+                self._loaded.hooked = TXT2IMG
+            return lower.description
+
+    def remember_vae_float32(self) -> None:
+        if self._loaded:
+            self._loaded.vae_float32 = True
 
     @contextmanager
-    def pipeline(self, kind: str, title: str | None = None):
-        """Yields (pipeline, LoadedModel) for one job; the model cannot be swapped meanwhile."""
+    def use(self, title: str | None = None):
+        """Yields the LoadedModel for one job; no swap can happen until the job is done."""
         with self._lock:
             if title is not None or self._loaded is None:
                 self.load(title)
-            yield self._pipeline(kind), self._loaded
+            yield self._loaded
 
-    def _pipeline(self, kind: str) -> DiffusionPipeline:
+    def pipeline_for(self, kind: str) -> DiffusionPipeline:
+        """The active model's pipeline for `kind`, ready in the current memory mode."""
         loaded = self._loaded
-        if kind == TXT2IMG:
-            return loaded.base
-        if kind not in loaded.siblings:
+        if loaded.entry.family not in _GENERATING_FAMILIES:
+            raise InvalidRequest(
+                f"'{loaded.entry.title}' is {families.LABELS[loaded.entry.family]} checkpoint, which cannot "
+                f"do {kind}. Choose a regular SD 1.x or 2.x checkpoint at the top of the page."
+            )
+        if kind != TXT2IMG and kind not in loaded.siblings:
             # Without dtype=, from_pipe casts the shared modules (the base's too) to float32.
             loaded.siblings[kind] = _SIBLINGS[kind].from_pipe(loaded.base, dtype=loaded.base.unet.dtype)
             loaded.siblings[kind].set_progress_bar_config(disable=True)
-        return loaded.siblings[kind]
+        pipe = loaded.base if kind == TXT2IMG else loaded.siblings[kind]
+        if self.plan.memory_mode in (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD) and loaded.hooked != kind:
+            apply_plan(pipe, self.plan)  # offload hooks follow the pipeline that runs
+            loaded.hooked = kind
+        return pipe
 
     def _entry(self, title: str | None) -> ModelEntry:
         if not self.registry.entries:
@@ -121,14 +175,24 @@ class ModelManager:
             return self.registry.find(title)
         if self._loaded:
             return self._loaded.entry
-        if not self.registry.entries:
+        usable = [e for e in self.registry.entries if e.problem is None and e.family in _GENERATING_FAMILIES]
+        if not usable:
             raise NoModelAvailable(
-                f"No checkpoint found. Put a Stable Diffusion model folder (diffusers format) into "
+                f"No checkpoint found. Put a Stable Diffusion model (.safetensors) into "
                 f"{self.registry.checkpoint_dir} and press refresh, or start Easel with --demo to try it "
                 f"with a tiny random model."
             )
-        return self.registry.entries[0]
+        return usable[0]
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
-        base = _load_diffusers_folder(entry, self.plan)
+        entry = self.registry.with_hash(entry) if entry.problem is None else entry
+        base = load_pipeline(entry, self.plan.dtype, self.config_root)
+        try:
+            apply_plan(base, self.plan)
+        except Exception as error:
+            raise ModelLoadError(f"Could not put '{entry.title}' on {self.plan.device}: {error}") from error
         return LoadedModel(entry=entry, base=base, scheduler_config=dict(base.scheduler.config))
+
+    def _available_bytes(self) -> int:
+        now = probe_hardware()  # memory moves: ask now, not at start-up
+        return now.cuda_free_bytes if self.plan.device == "cuda" else now.ram_available_bytes

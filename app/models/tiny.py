@@ -13,12 +13,16 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DDPMScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from app.models import families
 from app.models.families import SD1, SD2_V
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "configs" / "tokenizer"
@@ -29,7 +33,7 @@ _SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
 
 def tokenizer_for(family: str) -> CLIPTokenizer:
     """SD 2.x (OpenCLIP) pads with "!" (id 0); SD 1.x with <|endoftext|>."""
-    if family == SD1:
+    if family in (SD1, families.SD1_INPAINT):
         return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
 
@@ -43,7 +47,7 @@ def _text_encoder(family: str) -> CLIPTextModel:
         num_attention_heads=4,
         num_hidden_layers=2,
         projection_dim=32,
-        hidden_act="quick_gelu" if family == SD1 else "gelu",  # OpenAI CLIP vs OpenCLIP
+        hidden_act="quick_gelu" if family in (SD1, families.SD1_INPAINT) else "gelu",  # OpenAI CLIP vs OpenCLIP
     )
     return CLIPTextModel(config).eval()
 
@@ -96,8 +100,12 @@ def _scheduler(family: str):
     )
 
 
-def tiny_pipeline(family: str = SD1, seed: int = 0) -> StableDiffusionPipeline:
-    """A tiny text-to-image pipeline of the given family, identical for the same seed."""
+def tiny_pipeline(family: str = SD1, seed: int = 0):
+    """A tiny pipeline of the given family (any of app.models.families), identical for the same seed."""
+    if family in (families.SD1_INPAINT, families.SD2_INPAINT):
+        return _tiny_inpaint(family, seed)
+    if family == families.X4_UPSCALER:
+        return _tiny_upscaler(seed)
     torch.manual_seed(seed)
     return StableDiffusionPipeline(
         vae=_vae(),
@@ -109,6 +117,82 @@ def tiny_pipeline(family: str = SD1, seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def _tiny_inpaint(family: str, seed: int) -> StableDiffusionInpaintPipeline:
+    """The tiny text-to-image model of the base family with an inpainting UNet (in_channels 9)."""
+    base = tiny_pipeline(SD1 if family == families.SD1_INPAINT else families.SD2, seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 9}).eval()
+    return StableDiffusionInpaintPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=unet,
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _tiny_upscaler(seed: int) -> StableDiffusionUpscalePipeline:
+    """The x4 upscaler's architecture, tiny: 7-channel UNet with 1000 noise-level classes, 3-level VAE."""
+    text = tiny_pipeline(SD2_V, seed)  # OpenCLIP-style (gelu) text encoder, "!" padding
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        # The real block layout (4 levels, 2 resnets each, self-attention off in the first three).
+        block_out_channels=(16, 16, 32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, True, False),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        num_class_embeds=1000,
+        norm_num_groups=8,
+    ).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=2,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=0.08333,
+    ).eval()
+    schedule = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text.text_encoder,
+        tokenizer=text.tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(**schedule),
+        scheduler=DDIMScheduler(**schedule, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False),
+        max_noise_level=350,
+    )
+
+
+def save_tiny_configs(root: Path, seed: int = 0) -> Path:
+    """Config folders for the tiny models, laid out like configs/models/ (one per family, no
+    weights), so the real single-file loading code can be driven with tiny checkpoints."""
+    from app.models.loader import CONFIG_FOLDERS  # the loader's own folder names
+
+    for family, name in CONFIG_FOLDERS.items():
+        folder = Path(root) / name
+        if (folder / "model_index.json").is_file():
+            continue
+        tiny_pipeline(family, seed).save_pretrained(folder, safe_serialization=True)
+        for weights in folder.rglob("*.safetensors"):
+            weights.unlink()
+    return Path(root)
 
 
 def save_tiny_model(folder: Path, family: str = SD1, seed: int = 0) -> Path:

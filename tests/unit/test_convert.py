@@ -13,8 +13,6 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -46,71 +44,6 @@ from app.models.tiny import tiny_pipeline
 COMPONENTS = ("unet", "vae", "text_encoder")
 
 
-# --- tiny pipelines that app.models.tiny does not build ---------------------------------------
-
-
-def tiny_inpaint(family: str, seed: int) -> StableDiffusionInpaintPipeline:
-    """The tiny text-to-image model of `family` with an inpainting UNet (in_channels 9)."""
-    base = tiny_pipeline(family, seed)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 9}).eval()
-    return StableDiffusionInpaintPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=unet,
-        scheduler=base.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def tiny_upscaler(seed: int = 3) -> StableDiffusionUpscalePipeline:
-    """The x4 upscaler's architecture, tiny: 7-channel UNet with 1000 noise-level classes, 3-level VAE."""
-    text = tiny_pipeline(families.SD2_V, seed)  # OpenCLIP-style (gelu) text encoder, "!" padding
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=7,
-        out_channels=4,
-        # The real block layout (4 levels, 2 resnets each, channels growing at the last level so
-        # input_blocks.10 has a skip connection, self-attention off in the first three levels).
-        block_out_channels=(16, 16, 32, 64),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        only_cross_attention=(True, True, True, False),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        use_linear_projection=True,
-        num_class_embeds=1000,
-        norm_num_groups=8,
-    ).eval()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=2,
-        norm_num_groups=8,
-        sample_size=256,
-        scaling_factor=0.08333,
-    ).eval()
-    schedule = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", num_train_timesteps=1000)
-    return StableDiffusionUpscalePipeline(
-        vae=vae,
-        text_encoder=text.text_encoder,
-        tokenizer=text.tokenizer,
-        unet=unet,
-        low_res_scheduler=DDPMScheduler(**schedule),
-        scheduler=DDIMScheduler(**schedule, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False),
-        max_noise_level=350,
-    )
-
-
 # name -> (pipeline class, factory, what diffusers' key-shape detection says about the tiny file)
 CASES = {
     # Falls through to the default: the tiny UNet has no input_blocks.11 / output_blocks.11 keys.
@@ -118,10 +51,10 @@ CASES = {
     # Confused by the tiny size: SD2 is told by a cross-attention width of 1024 (the tiny one is 32)
     # on input_blocks.2.1, a key the 2-level tiny UNet doesn't have.
     "sd2-v": (StableDiffusionPipeline, lambda: tiny_pipeline(families.SD2_V, 1), "v1"),
-    "sd1-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_inpaint(families.SD1, 2), "inpainting"),
+    "sd1-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_pipeline(families.SD1_INPAINT, 2), "inpainting"),
     # Not "inpainting_v2", for the same reason as sd2-v.
-    "sd2-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_inpaint(families.SD2, 4), "inpainting"),
-    "x4-upscaler": (StableDiffusionUpscalePipeline, tiny_upscaler, "upscale"),
+    "sd2-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_pipeline(families.SD2_INPAINT, 4), "inpainting"),
+    "x4-upscaler": (StableDiffusionUpscalePipeline, lambda: tiny_pipeline(families.X4_UPSCALER, 3), "upscale"),
 }
 
 

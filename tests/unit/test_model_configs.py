@@ -187,6 +187,42 @@ def test_folder_has_what_from_single_file_reads(name):
     assert config.num_hidden_layers == FAMILIES[name][6]["layers"]
 
 
+@pytest.fixture(scope="module")
+def stub_checkpoint(tmp_path_factory):
+    """A one-tensor .safetensors: from_single_file needs a file, the models are passed in (meta)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("ckpt") / "stub.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.bias": torch.zeros(320)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_from_single_file_builds_the_pipeline_from_the_folder(built, stub_checkpoint, name):
+    """The call the app makes, with the weights-bearing models passed in so no checkpoint is needed:
+    model_index.json, the scheduler(s) and the null optional components all come from the folder,
+    the tokenizer from the `tokenizer=` kwarg (the folder has none)."""
+    from transformers import CLIPTokenizer
+
+    unet, vae, text_encoder = built[name]
+    pipeline_cls, scheduler_cls, prediction_type, *_ = FAMILIES[name]
+    sd2 = text_encoder.config.num_hidden_layers == 23
+    tokenizer = CLIPTokenizer.from_pretrained(MODELS.parent / "tokenizer", **({"pad_token": "!"} if sd2 else {}))
+    pipe = pipeline_cls.from_single_file(
+        str(stub_checkpoint), config=str(MODELS / name), tokenizer=tokenizer, local_files_only=True,
+        unet=unet, vae=vae, text_encoder=text_encoder,
+    )
+    assert type(pipe) is pipeline_cls
+    assert pipe.tokenizer is tokenizer and len(pipe.tokenizer) == 49408
+    assert type(pipe.scheduler) is scheduler_cls and pipe.scheduler.config.prediction_type == prediction_type
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
+    if pipeline_cls is StableDiffusionUpscalePipeline:
+        assert type(pipe.low_res_scheduler) is DDPMScheduler and pipe.config.max_noise_level == 350
+        assert pipe.vae_scale_factor == 4
+    else:
+        assert pipe.config.requires_safety_checker is False and pipe.vae_scale_factor == 8
+
+
 # --- An independent count, written from the original LDM modules (openaimodel.UNetModel with
 # SpatialTransformer; autoencoder Encoder/Decoder), to check the configs against the LDM yaml. ---
 
