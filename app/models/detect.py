@@ -74,7 +74,8 @@ def _ckpt_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 "it is a pickle that would run Python code when opened, so Easel refuses it. "
                 "Use a .safetensors version of this model."
             ) from None
-        raise UnreadableCheckpoint(f"the file is damaged or not a checkpoint ({error}). Download it again.") from None
+        # torch's own text suggests loading unsafely; not advice to pass on.
+        raise UnreadableCheckpoint("the file is damaged or not a checkpoint. Download it again.") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise UnreadableCheckpoint(
             f"the file is damaged or incomplete (maybe an unfinished download: {error}). Download it again."

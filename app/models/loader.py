@@ -77,7 +77,7 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype, config_root: Path = MOD
                 "Use a .safetensors version of this model."
             ) from None
         raise ModelLoadError(
-            f"Could not load the checkpoint '{entry.title}': the file is damaged ({error}). Download it again."
+            f"Could not load the checkpoint '{entry.title}': the file is damaged. Download it again."
         ) from None
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as error:
         raise ModelLoadError(
