@@ -56,13 +56,41 @@ def settings_overrides(args: argparse.Namespace) -> dict:
     }
 
 
+def offer_download(engine) -> None:
+    """First run with no model, in a terminal: offer the default model (only if the user says yes)."""
+    folder = engine.models.registry.checkpoint_dir
+    print(f"No checkpoint found in {folder}.")
+    default = engine.download_catalog()[0]
+    if not sys.stdin.isatty():
+        print("Put a model there, use 'Download a model' in the page, or start with --demo to try Easel.")
+        return
+    size = f"{default.size / 1e9:.1f} GB" if default.size else "a few GB"
+    answer = input(f"Download {default.title} ({size}) from huggingface.co now? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        print("Fine. You can download one later from the page, or start with --demo to try Easel.")
+        return
+
+    def show(progress) -> None:
+        total = f"/{progress.total_bytes / 1e9:.2f}" if progress.total_bytes else ""
+        print(f"\r  {progress.done_bytes / 1e9:.2f}{total} GB  {progress.bytes_per_second / 1e6:.1f} MB/s   ", end="", flush=True)
+
+    try:
+        entry = engine.download_model(default.id, on_progress=show)
+        print(f"\nDownloaded and checked: {entry.title}")
+    except KeyboardInterrupt:
+        print("\nDownload stopped; it resumes where it stopped next time.")
+    except EaselError as error:
+        print(f"\n{error.message}", file=sys.stderr)
+
+
 def preload_model(engine) -> None:
     """Load the first checkpoint now, so the first Generate does not wait for it."""
-    if not engine.models.entries():
-        print(
-            f"No checkpoint found in {engine.models.registry.checkpoint_dir}. Put a model there, "
-            "or start with --demo to try Easel with a tiny random model."
-        )
+    for entry in engine.models.entries():
+        if entry.problem:
+            print(entry.problem, file=sys.stderr)
+    if not engine.models.generating_entries():
+        offer_download(engine)
+    if not engine.models.generating_entries():
         return
     try:
         entry = engine.models.load()
@@ -75,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
 
     from app.engine import create_engine
     from app.settings import load_settings

@@ -4,9 +4,11 @@ Created once in launch.py (or a test) and passed down. It validates requests, qu
 runs each job: model → prompt embeddings → sampler → diffusion → watermark → PNG with parameters.
 """
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -21,6 +23,8 @@ from app.images.metadata import GenerationInfo, infotext
 from app.images.store import OutputStore
 from app.images.watermark import apply_watermark
 from app.jobs import Job, JobQueue
+from app.errors import ModelNotFound
+from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
 from app.models.families import LABELS, SD1, watermark_key
 from app.models.manager import IMG2IMG, TXT2IMG, LoadedModel, ModelManager
 from app.models.registry import ModelEntry, ModelRegistry
@@ -96,6 +100,24 @@ class Engine:
     @property
     def plan(self) -> DevicePlan:
         return self.models.plan
+
+    def download_catalog(self) -> list[CatalogEntry]:
+        """The default checkpoints Easel offers to download (nothing downloads unless asked)."""
+        return load_catalog()
+
+    def download_model(
+        self,
+        catalog_id: str,
+        on_progress: Callable[[DownloadProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ModelEntry:
+        """Download a catalog checkpoint into the models folder (resumable, hash-verified), then list it."""
+        entry = next((e for e in self.download_catalog() if e.id == catalog_id), None)
+        if entry is None:
+            raise ModelNotFound(f"There is no download called '{catalog_id}'.")
+        path = download_model(entry, self.models.registry.checkpoint_dir, on_progress=on_progress, cancel=cancel)
+        self.models.refresh()
+        return self.models.registry.find(path.name)
 
     def sampler_names(self) -> list[str]:
         return samplers.sampler_names()

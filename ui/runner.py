@@ -69,7 +69,9 @@ def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
     except Exception as error:  # shown in the page, never as a stack trace
         if not isinstance(error, EaselError):
             log.exception("Generation failed")
-        raise gr.Error(user_message(error)) from None
+        message = user_message(error)
+        yield None, gr.skip(), gr.update(visible=False), f"**Could not generate.** {message}", gr.skip(), gr.skip()
+        raise gr.Error(message) from None
     if result is None:  # cancelled before it started
         yield None, gr.skip(), gr.update(visible=False), "Cancelled before it started.", gr.skip(), gr.skip()
         return

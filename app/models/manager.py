@@ -84,6 +84,10 @@ class ModelManager:
     def refresh(self) -> list[ModelEntry]:
         return self.registry.refresh()
 
+    def generating_entries(self) -> list[ModelEntry]:
+        """The checkpoints that can make images from a prompt (not inpainting-only, not upscalers)."""
+        return [e for e in self.registry.entries if e.problem is None and e.family in _GENERATING_FAMILIES]
+
     def load(self, title: str | None = None) -> ModelEntry:
         """Make `title` (default: the first usable checkpoint) the active one; a no-op if it already is."""
         entry = self._entry(title)
@@ -175,12 +179,12 @@ class ModelManager:
             return self.registry.find(title)
         if self._loaded:
             return self._loaded.entry
-        usable = [e for e in self.registry.entries if e.problem is None and e.family in _GENERATING_FAMILIES]
+        usable = self.generating_entries()
         if not usable:
             raise NoModelAvailable(
                 f"No checkpoint found. Put a Stable Diffusion model (.safetensors) into "
-                f"{self.registry.checkpoint_dir} and press refresh, or start Easel with --demo to try it "
-                f"with a tiny random model."
+                f"{self.registry.checkpoint_dir} and press refresh, download one with 'Download a model' "
+                f"at the top of the page, or start Easel with --demo to try it with a tiny random model."
             )
         return usable[0]
 

@@ -144,7 +144,8 @@ class ModelRegistry:
         for root in self._roots:
             for entry in self._scan(root):
                 found.setdefault(entry.title, entry)
-        self._entries = sorted(found.values(), key=lambda e: (e.demo, e.title.lower()))
+        # Usable real models first, then the demo, then files that cannot be used.
+        self._entries = sorted(found.values(), key=lambda e: (e.problem is not None, e.demo, e.title.lower()))
         self._vaes = [
             VaeEntry(path.relative_to(self.vae_dir).as_posix(), path)
             for path in sorted(self.vae_dir.rglob("*")) if path.suffix in SINGLE_FILE_SUFFIXES
