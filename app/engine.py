@@ -27,7 +27,7 @@ from app.errors import ModelNotFound
 from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
 from app.models.families import LABELS, SD1, watermark_key
 from app.models.manager import IMG2IMG, TXT2IMG, LoadedModel, ModelManager
-from app.models.registry import ModelEntry, ModelRegistry
+from app.models.registry import ModelEntry, ModelRegistry, VaeEntry
 from app.settings import Settings
 
 _CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images"}
@@ -188,12 +188,13 @@ class Engine:
     def _save(self, job: Job, entry: ModelEntry, picture: Image.Image, seed: int) -> GeneratedImage:
         if self.settings.watermark:
             picture = apply_watermark(picture, watermark_key(entry.family))
-        parameters = infotext(self._info(job.request, entry, seed))
+        loaded = self.models.loaded
+        parameters = infotext(self._info(job.request, entry, seed, loaded.vae if loaded else None))
         path = self.store.save(picture, parameters, _CATEGORIES[job.kind], seed)
         return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
 
     @staticmethod
-    def _info(request: GenerationRequest, entry: ModelEntry, seed: int) -> GenerationInfo:
+    def _info(request: GenerationRequest, entry: ModelEntry, seed: int, vae: VaeEntry | None) -> GenerationInfo:
         return GenerationInfo(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -208,7 +209,7 @@ class Engine:
             model_hash=entry.model_hash,
             denoising_strength=request.strength if request.is_img2img else None,
             clip_skip=request.clip_skip,
-            extra={"RNG": "CPU"},  # noise comes from CPU generators, whatever the device
+            extra={"VAE": vae.path.stem if vae else None, "RNG": "CPU"},  # RNG: CPU generators, any device
             version=f"Easel {__version__}",
         )
 

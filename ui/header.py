@@ -10,6 +10,7 @@ from app.models.download import DownloadProgress
 from app.models.registry import ModelEntry
 from ui.runner import user_message
 
+AUTOMATIC_VAE = "Automatic"
 PREDICTIONS = {"v-prediction (SD 2.x 768)": "v", "epsilon (SD 2.x base 512)": "epsilon"}
 
 
@@ -51,6 +52,10 @@ def _prediction_state(engine: Engine) -> dict:
     return {"visible": True, "value": next(label for label, value in PREDICTIONS.items() if value == current)}
 
 
+def _vae_choices(engine: Engine) -> list[str]:
+    return [AUTOMATIC_VAE, *(vae.title for vae in engine.models.registry.vaes)]
+
+
 def _catalog_choices(engine: Engine) -> list[tuple[str, str]]:
     return [
         (f"{entry.title}: {entry.size / 1e9:.1f} GB. {entry.description}" if entry.size else entry.title, entry.id)
@@ -76,6 +81,10 @@ def build_header(engine: Engine) -> None:
             info=None if choices else f"None found: put models into {engine.models.registry.checkpoint_dir}",
             scale=4,
             elem_id="checkpoint",
+        )
+        vae = gr.Dropdown(
+            _vae_choices(engine), value=engine.models.vae_choice or AUTOMATIC_VAE, label="VAE",
+            info="Automatic: the checkpoint's own", scale=2, elem_id="vae",
         )
         refresh = gr.Button("Refresh list", scale=0, min_width=120, elem_id="checkpoint-refresh")
     status = gr.Markdown(model_status(engine), elem_id="model-status")
@@ -111,7 +120,15 @@ def build_header(engine: Engine) -> None:
         titles = [title for _, title in choices]
         usable = engine.models.generating_entries()
         value = active.title if active and active.title in titles else (usable[0].title if usable else None)
-        return gr.update(choices=choices, value=value), model_status(engine)
+        vae_value = engine.models.vae_choice or AUTOMATIC_VAE
+        return gr.update(choices=choices, value=value), gr.update(choices=_vae_choices(engine), value=vae_value), model_status(engine)
+
+    def select_vae(title: str | None):
+        try:
+            engine.models.select_vae(None if title in (None, AUTOMATIC_VAE) else title)
+        except Exception as error:
+            raise gr.Error(user_message(error)) from None
+        return model_status(engine)
 
     def set_prediction(label: str | None):
         active = engine.models.active
@@ -136,7 +153,7 @@ def build_header(engine: Engine) -> None:
         except Exception as error:
             yield None, user_message(error), gr.skip(), gr.skip()
             return
-        choices, status_text = rescan()
+        choices, _, status_text = rescan()
         yield None, f"Downloaded and checked: **{entry.title}**. Choose it above to use it.", choices, status_text
 
     def cancel(event: threading.Event | None):
@@ -145,7 +162,8 @@ def build_header(engine: Engine) -> None:
         return "Cancelling… the part downloaded so far is kept, and the download resumes next time."
 
     checkpoint.change(select, inputs=checkpoint, outputs=[status, prediction], concurrency_id="generate", api_name="select_checkpoint")
-    refresh.click(rescan, outputs=[checkpoint, status], queue=False, api_name="refresh_checkpoints")
+    refresh.click(rescan, outputs=[checkpoint, vae, status], queue=False, api_name="refresh_checkpoints")
+    vae.input(select_vae, inputs=vae, outputs=status, concurrency_id="generate", api_name="select_vae")
     prediction.input(set_prediction, inputs=prediction, outputs=status, concurrency_id="generate", api_visibility="private")
     start.click(download, inputs=wanted, outputs=[cancel_event, download_status, checkpoint, status], api_visibility="private")
     stop.click(cancel, inputs=cancel_event, outputs=download_status, queue=False, api_visibility="private")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DiffusionPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -21,7 +22,7 @@ from transformers import CLIPTokenizer
 from app.errors import ModelLoadError
 from app.models import families
 from app.models.detect import is_code_refusal
-from app.models.registry import SINGLE_FILE, ModelEntry
+from app.models.registry import SINGLE_FILE, ModelEntry, VaeEntry
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 TOKENIZER_DIR = CONFIGS_DIR / "tokenizer"
@@ -111,3 +112,23 @@ def _diffusers_folder(entry: ModelEntry, dtype: torch.dtype) -> DiffusionPipelin
     return PIPELINE_CLASSES[entry.family].from_pretrained(
         entry.path, dtype=dtype, local_files_only=True, use_safetensors=True, **extra
     )
+
+
+def load_vae(vae: VaeEntry, family: str, dtype: torch.dtype, config_root: Path = MODEL_CONFIGS_DIR) -> AutoencoderKL:
+    """A standalone VAE file (A1111's models/VAE/), shaped by the checkpoint family's VAE config."""
+    try:
+        return AutoencoderKL.from_single_file(
+            str(vae.path),
+            config=str(config_folder(family, config_root)),
+            subfolder="vae",
+            local_files_only=True,
+            dtype=dtype,
+        )
+    except pickle.UnpicklingError as error:
+        reason = "it would run Python code when opened" if is_code_refusal(error) else "the file is damaged"
+        raise ModelLoadError(f"Easel cannot use the VAE '{vae.title}': {reason}. Use a .safetensors VAE.") from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as error:
+        raise ModelLoadError(
+            f"Could not load the VAE '{vae.title}' for this checkpoint ({error}). It may be damaged or made "
+            "for another kind of model; choose Automatic to use the checkpoint's own VAE."
+        ) from error

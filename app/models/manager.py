@@ -15,10 +15,10 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline
 
 from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan, degraded, free_memory, probe_hardware
-from app.errors import EaselError, InvalidRequest, ModelLoadError, NoModelAvailable
+from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from app.models import families
-from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline
-from app.models.registry import SINGLE_FILE, ModelEntry, ModelRegistry
+from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
+from app.models.registry import SINGLE_FILE, ModelEntry, ModelRegistry, VaeEntry
 
 TXT2IMG = "txt2img"
 IMG2IMG = "img2img"
@@ -37,6 +37,8 @@ class LoadedModel:
     siblings: dict[str, DiffusionPipeline] = field(default_factory=dict)
     hooked: str = TXT2IMG           # which pipeline carries the offload hooks (offload modes)
     vae_float32: bool = False       # fp16 decodes gave NaN once: decode this model in fp32 from now on
+    vae: VaeEntry | None = None     # a VAE from models/VAE/ in place of the checkpoint's own
+    own_vae: object = None          # the checkpoint's own VAE while another one is in use
 
     def pipelines(self) -> list[DiffusionPipeline]:
         return [self.base, *self.siblings.values()]
@@ -67,6 +69,7 @@ class ModelManager:
         self.plan = plan
         self.facts = facts or HardwareFacts()
         self._loaded: LoadedModel | None = None
+        self._vae_choice: str | None = None  # title in models/VAE/, or None for the checkpoint's own
         # Held while a job runs and while loading, so a swap waits for the job in progress.
         self._lock = threading.RLock()
 
@@ -142,6 +145,40 @@ class ModelManager:
                 self._loaded.hooked = TXT2IMG
             return lower.description
 
+    @property
+    def vae_choice(self) -> str | None:
+        return self._vae_choice
+
+    def select_vae(self, title: str | None) -> None:
+        """Use a VAE from models/VAE/ with every checkpoint (None: each checkpoint's own)."""
+        vae = self._vae_entry(title)  # raises before anything changes
+        with self._lock:
+            if self._loaded:
+                self._use_vae(self._loaded, vae)  # raises with the previous choice still in force
+            self._vae_choice = vae.title if vae else None
+
+    def _vae_entry(self, title: str | None) -> VaeEntry | None:
+        if not title:
+            return None
+        for vae in self.registry.vaes:
+            if title in (vae.title, vae.path.name):
+                return vae
+        names = ", ".join(v.title for v in self.registry.vaes) or "none"
+        raise ModelNotFound(f"There is no VAE named '{title}' in {self.registry.vae_dir}. Available: {names}.")
+
+    def _use_vae(self, loaded: LoadedModel, vae: VaeEntry | None) -> None:
+        if loaded.vae == vae or loaded.entry.family not in _GENERATING_FAMILIES:
+            return
+        if loaded.own_vae is None:
+            loaded.own_vae = loaded.base.vae
+        module = load_vae(vae, loaded.entry.family, self.plan.dtype, self.config_root) if vae else loaded.own_vae
+        loaded.base.register_modules(vae=module)
+        loaded.siblings.clear()  # rebuilt from the base on next use, with the new VAE
+        loaded.vae, loaded.vae_float32, loaded.hooked = vae, False, TXT2IMG
+        if vae is None:
+            loaded.own_vae = None
+        apply_plan(loaded.base, self.plan)
+
     def remember_vae_float32(self) -> None:
         if self._loaded:
             self._loaded.vae_float32 = True
@@ -195,7 +232,10 @@ class ModelManager:
             apply_plan(base, self.plan)
         except Exception as error:
             raise ModelLoadError(f"Could not put '{entry.title}' on {self.plan.device}: {error}") from error
-        return LoadedModel(entry=entry, base=base, scheduler_config=dict(base.scheduler.config))
+        loaded = LoadedModel(entry=entry, base=base, scheduler_config=dict(base.scheduler.config))
+        if self._vae_choice:
+            self._use_vae(loaded, self._vae_entry(self._vae_choice))
+        return loaded
 
     def _available_bytes(self) -> int:
         now = probe_hardware()  # memory moves: ask now, not at start-up
