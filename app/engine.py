@@ -15,10 +15,11 @@ from PIL import Image
 from app import __version__
 from app.devices import DeviceOptions, DevicePlan, HardwareFacts, is_out_of_memory, plan_device, probe_hardware
 from app.generation import samplers
+from app.generation.canvas import prepared
 from app.generation.diffusion import run_batch
 from app.generation.previews import latent_preview
 from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
-from app.generation.requests import GenerationRequest
+from app.generation.requests import ONLY_MASKED, GenerationRequest
 from app.images.metadata import GenerationInfo, infotext
 from app.images.store import OutputStore
 from app.images.watermark import apply_watermark
@@ -26,11 +27,11 @@ from app.jobs import Job, JobQueue
 from app.errors import ModelNotFound
 from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
 from app.models.families import LABELS, SD1, watermark_key
-from app.models.manager import IMG2IMG, TXT2IMG, LoadedModel, ModelManager
+from app.models.manager import IMG2IMG, INPAINT, TXT2IMG, LoadedModel, ModelManager
 from app.models.registry import ModelEntry, ModelRegistry, VaeEntry
 from app.settings import Settings
 
-_CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images"}
+_CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images", INPAINT: "img2img-images"}
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Engine:
     def submit(self, request: GenerationRequest, owner: str = "local") -> Job:
         """Validate and queue; raises InvalidRequest at once for a request that cannot run."""
         request = request.validated()
-        kind = IMG2IMG if request.is_img2img else TXT2IMG
+        kind = INPAINT if request.is_inpaint else IMG2IMG if request.is_img2img else TXT2IMG
         return self._queue.submit(Job(request, kind, owner))
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
@@ -180,10 +181,11 @@ class Engine:
             job.report(step=step, steps=steps, **({"preview": preview} if preview else {}))
             return job.cancelled
 
-        batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32)
+        canvas = prepared(request)
+        batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32, canvas.canvas)
         if batch.vae_float32 and not loaded.vae_float32:
             self.models.remember_vae_float32()  # this model's VAE overflows in half precision
-        return batch.images
+        return [canvas.finish(picture) for picture in batch.images]
 
     def _save(self, job: Job, entry: ModelEntry, picture: Image.Image, seed: int) -> GeneratedImage:
         if self.settings.watermark:
@@ -209,7 +211,11 @@ class Engine:
             model_hash=entry.model_hash,
             denoising_strength=request.strength if request.is_img2img else None,
             clip_skip=request.clip_skip,
-            extra={"VAE": vae.path.stem if vae else None, "RNG": "CPU"},  # RNG: CPU generators, any device
+            extra={
+                "VAE": vae.path.stem if vae else None,
+                **_inpaint_keys(request),
+                "RNG": "CPU",  # noise comes from CPU generators, whatever the device
+            },
             version=f"Easel {__version__}",
         )
 
@@ -222,6 +228,17 @@ class Engine:
             ]
         return []
 
+
+
+def _inpaint_keys(request: GenerationRequest) -> dict:
+    """A1111's infotext keys for inpainting settings."""
+    if not request.is_inpaint:
+        return {}
+    return {
+        "Mask blur": request.mask_blur,
+        "Inpaint area": "Only masked" if request.inpaint_area == ONLY_MASKED else None,
+        "Masked area padding": request.masked_padding if request.inpaint_area == ONLY_MASKED else None,
+    }
 
 
 DEMO_MODEL_NAME = "Easel demo - tiny random SD 1.x (draws noise)"

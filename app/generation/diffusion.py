@@ -25,6 +25,14 @@ def generators_for(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
+@dataclass
+class Canvas:
+    """What the pipeline paints on: the init picture and the inpainting mask, at the size to run."""
+
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+
+
 def run_batch(
     pipe,
     request: GenerationRequest,
@@ -32,13 +40,14 @@ def run_batch(
     seeds: list[int],
     on_step: StepCallback,
     vae_float32: bool = False,
+    canvas: Canvas | None = None,
 ) -> BatchImages:
     """Images for `seeds` (one batch), with the pipeline's scheduler already set for this job."""
-    latents = denoised_latents(pipe, request, embeddings, seeds, on_step)
+    latents = denoised_latents(pipe, request, embeddings, seeds, on_step, canvas or Canvas())
     return decoded(pipe, latents, vae_float32)
 
 
-def denoised_latents(pipe, request, embeddings, seeds, on_step) -> torch.Tensor:
+def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas) -> torch.Tensor:
     def step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
         if on_step(step + 1, pipeline.num_timesteps, tensors["latents"]):
             pipeline._interrupt = True  # diffusers skips the remaining steps
@@ -56,10 +65,13 @@ def denoised_latents(pipe, request, embeddings, seeds, on_step) -> torch.Tensor:
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",  # we decode ourselves, to catch half-precision NaNs
     )
-    if request.is_img2img:
+    if canvas.image is not None:
         # At least one step runs, so strength 0 returns the init image through the model, not an error.
-        arguments.update(image=request.init_image, strength=max(request.strength, 1.0 / request.steps))
-    else:
+        arguments.update(image=canvas.image, strength=max(request.strength, 1.0 / request.steps))
+    if canvas.mask is not None:
+        # The inpaint pipeline ignores the input's size unless told.
+        arguments.update(mask_image=canvas.mask, width=canvas.image.width, height=canvas.image.height)
+    elif canvas.image is None:
         arguments.update(width=request.width, height=request.height)
     with torch.inference_mode():
         return pipe(**arguments).images

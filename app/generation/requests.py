@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from app.errors import InvalidRequest
 from app.generation.samplers import DEFAULT_SAMPLER, resolve_sampler
+from app.images.transform import JUST_RESIZE, RESIZE_MODES, resized
 
 SIZE_STEP = 8          # the VAE works on 1/8 of the image
 MIN_SIZE = 64
@@ -24,6 +25,10 @@ MAX_BATCH_COUNT = 100
 MAX_PROMPT_CHARS = 20_000
 MAX_SEED = 2**32 - 1
 MAX_INIT_PIXELS = 8192 * 8192
+MAX_MASK_BLUR = 64
+MAX_MASK_PADDING = 256
+WHOLE_PICTURE = "whole"   # inpaint at the picture's size
+ONLY_MASKED = "masked"    # inpaint a crop around the mask at full resolution, then paste it back
 
 
 @dataclass
@@ -42,10 +47,19 @@ class GenerationRequest:
     clip_skip: int = 1
     init_image: Image.Image | None = None   # set: image-to-image
     strength: float = 0.75                  # img2img denoising strength, 0..1
+    resize_mode: str = JUST_RESIZE          # how an init image of another size is fitted
+    mask: Image.Image | None = None         # set (with init_image): inpaint where the mask is light
+    mask_blur: int = 4                      # soft edge of the mask, in pixels
+    inpaint_area: str = WHOLE_PICTURE       # WHOLE_PICTURE or ONLY_MASKED
+    masked_padding: int = 32                # context kept around the mask with ONLY_MASKED
 
     @property
     def is_img2img(self) -> bool:
         return self.init_image is not None
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask is not None
 
     @property
     def image_count(self) -> int:
@@ -59,6 +73,10 @@ class GenerationRequest:
         choice = resolve_sampler(self.sampler, self.schedule)
         init_image = rgb_image(self.init_image) if self.init_image is not None else None
         width, height = self._size(init_image)
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidRequest(f"Unknown resize mode '{self.resize_mode}'. Use one of: {', '.join(RESIZE_MODES)}.")
+        if self.inpaint_area not in (WHOLE_PICTURE, ONLY_MASKED):
+            raise InvalidRequest(f"Inpaint area must be '{WHOLE_PICTURE}' or '{ONLY_MASKED}'.")
         return replace(
             self,
             prompt=_text(self.prompt, "prompt"),
@@ -73,9 +91,25 @@ class GenerationRequest:
             batch_count=_integer(self.batch_count, "Batch count", 1, MAX_BATCH_COUNT),
             batch_size=_integer(self.batch_size, "Batch size", 1, MAX_BATCH_SIZE),
             clip_skip=_integer(self.clip_skip, "Clip skip", 1, 12),
-            init_image=init_image.resize((width, height), Image.LANCZOS) if init_image else None,
+            init_image=resized(init_image, (width, height), self.resize_mode) if init_image else None,
             strength=_number(self.strength, "Denoising strength", 0.0, 1.0),
+            mask=self._mask(init_image, (width, height)),
+            mask_blur=_integer(self.mask_blur, "Mask blur", 0, MAX_MASK_BLUR),
+            masked_padding=_integer(self.masked_padding, "Masked area padding", 0, MAX_MASK_PADDING),
         )
+
+    def _mask(self, init_image: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
+        """The mask as greyscale at the output size: light means "paint here"."""
+        if self.mask is None:
+            return None
+        if init_image is None:
+            raise InvalidRequest("Inpainting needs a picture as well as a mask. Upload the picture to paint on.")
+        if not isinstance(self.mask, Image.Image):
+            raise InvalidRequest("The mask could not be read. Paint the mask again, or upload a PNG.")
+        mask = _mask_values(self.mask)
+        if mask.getbbox() is None:
+            raise InvalidRequest("The mask is empty. Paint over the part of the picture you want to change.")
+        return resized(mask, size, self.resize_mode)
 
     def _size(self, init_image: Image.Image | None) -> tuple[int, int]:
         width, height = self.width, self.height
@@ -149,6 +183,13 @@ def _fit_within(size: tuple[int, int], limit: int) -> tuple[int, int]:
     width, height = size
     scale = min(1.0, limit / max(width, height))
     return max(MIN_SIZE, round(width * scale)), max(MIN_SIZE, round(height * scale))
+
+
+def _mask_values(mask: Image.Image) -> Image.Image:
+    """Painted pixels of a mask as L: an RGBA layer counts where it is opaque, anything else by brightness."""
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        return mask.convert("RGBA").getchannel("A")
+    return mask.convert("L")
 
 
 def rgb_image(image) -> Image.Image:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline
+from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
 from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan, degraded, free_memory, probe_hardware
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
@@ -22,8 +22,10 @@ from app.models.registry import SINGLE_FILE, ModelEntry, ModelRegistry, VaeEntry
 
 TXT2IMG = "txt2img"
 IMG2IMG = "img2img"
-_SIBLINGS = {IMG2IMG: StableDiffusionImg2ImgPipeline}
+INPAINT = "inpaint"
+_SIBLINGS = {IMG2IMG: StableDiffusionImg2ImgPipeline, INPAINT: StableDiffusionInpaintPipeline}
 _GENERATING_FAMILIES = (families.SD1, families.SD2, families.SD2_V)
+_INPAINTING_FAMILIES = (families.SD1_INPAINT, families.SD2_INPAINT)
 # Loading the new model before releasing the old one keeps the old one usable if the load fails,
 # but needs room for both; only then do it, with this much to spare for activations.
 _SWAP_HEADROOM = 1.5
@@ -192,12 +194,19 @@ class ModelManager:
             yield self._loaded
 
     def pipeline_for(self, kind: str) -> DiffusionPipeline:
-        """The active model's pipeline for `kind`, ready in the current memory mode."""
+        """The active model's pipeline for `kind`, ready in the current memory mode.
+
+        An inpainting checkpoint serves inpainting with its own pipeline; a regular checkpoint
+        serves all three kinds (inpainting then blends the mask in latent space)."""
         loaded = self._loaded
-        if loaded.entry.family not in _GENERATING_FAMILIES:
+        family = loaded.entry.family
+        if kind == INPAINT and family in _INPAINTING_FAMILIES:
+            return loaded.base
+        if family not in _GENERATING_FAMILIES:
+            use = "inpainting only" if family in _INPAINTING_FAMILIES else "upscaling only"
             raise InvalidRequest(
-                f"'{loaded.entry.title}' is {families.LABELS[loaded.entry.family]} checkpoint, which cannot "
-                f"do {kind}. Choose a regular SD 1.x or 2.x checkpoint at the top of the page."
+                f"'{loaded.entry.title}' is a {families.LABELS[family]} checkpoint, for {use}. "
+                f"Choose a regular SD 1.x or 2.x checkpoint at the top of the page for {kind}."
             )
         if kind != TXT2IMG and kind not in loaded.siblings:
             # Without dtype=, from_pipe casts the shared modules (the base's too) to float32.
