@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.disable_progress_bar()
 
     from app.engine import create_engine
+    from app.preferences import Preferences
     from app.settings import load_settings
     from ui.app import build_ui
     from ui.server import serve
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(engine.plan.description)
     preload_model(engine)
-    _, local_url = serve(build_ui(engine), settings, block=False)
+    preferences = Preferences(settings.preferences_file)
+    _, local_url = serve(build_ui(engine, preferences), settings, block=False)
     print(f"Easel is running at {local_url}  (press Ctrl+C to stop)")
     try:
         import threading

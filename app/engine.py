@@ -81,6 +81,12 @@ class Engine:
         """Submit and wait: for scripts and tests."""
         return self.submit(request).wait(timeout)
 
+    def skip(self) -> None:
+        """Finish the running job's current batch now and go on with its next one."""
+        job = self._queue.running
+        if job is not None:
+            job.skip()
+
     def interrupt(self) -> None:
         """Stop the running job at its next step; what it made so far is kept."""
         job = self._queue.running
@@ -179,10 +185,11 @@ class Engine:
         def on_step(step: int, steps: int, latents) -> bool:
             preview = latent_preview(latents, (request.width, request.height)) if every and step % every == 0 else None
             job.report(step=step, steps=steps, **({"preview": preview} if preview else {}))
-            return job.cancelled
+            return job.cancelled or job.skipping
 
         canvas = prepared(request)
         batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32, canvas.canvas)
+        job.skipped()
         if batch.vae_float32 and not loaded.vae_float32:
             self.models.remember_vae_float32()  # this model's VAE overflows in half precision
         return [canvas.finish(picture) for picture in batch.images]

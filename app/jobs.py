@@ -64,12 +64,26 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self._cancel = threading.Event()
+        self._skip = threading.Event()
         self._changed = threading.Condition()
         self._version = 0
 
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def skipping(self) -> bool:
+        return self._skip.is_set()
+
+    def skip(self) -> None:
+        """Finish the current batch now and go on with the next one (A1111's Skip)."""
+        self._skip.set()
+        self._bump()
+
+    def skipped(self) -> None:
+        """The worker took the skip; the next batch runs in full."""
+        self._skip.clear()
 
     @property
     def finished(self) -> bool:

@@ -28,6 +28,7 @@ class Settings:
     watermark: bool = True
     preview_every: int = 2
     queue_size: int = 100
+    preferences_file: Path = Path("user-preferences.json")
 
     @property
     def demo_models_dir(self) -> Path:

@@ -1,51 +1,151 @@
-"""The image-to-image tab: an init image and a denoising strength."""
+"""The image-to-image tab: start from a picture you upload, a sketch you draw, or paint a mask
+over a picture to regenerate just that part (inpainting)."""
+
+from dataclasses import dataclass
 
 import gradio as gr
+from PIL import Image
 
 from app.engine import Engine
-from app.generation.requests import GenerationRequest
+from app.generation.requests import ONLY_MASKED, WHOLE_PICTURE, GenerationRequest
+from app.images.transform import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, mask_from_layer
+from app.preferences import Preferences
 from ui import runner
-from ui.widgets import generation_controls, prompt_boxes, request_fields, results_panel
+from ui.widgets import (
+    GenerationControls,
+    ResultsPanel,
+    generation_controls,
+    prompt_boxes,
+    remembered,
+    request_fields,
+    results_panel,
+    wire_reuse_seed,
+)
+
+SECTION = "img2img"
+UPLOAD, SKETCH, INPAINT = "upload", "sketch", "inpaint"
+RESIZE_LABELS = {"Just resize": JUST_RESIZE, "Crop and resize": CROP_AND_RESIZE, "Resize and fill": RESIZE_AND_FILL}
+AREA_LABELS = {"Whole picture": WHOLE_PICTURE, "Only masked": ONLY_MASKED}
+SKETCH_COLOURS = ["#000000", "#ffffff", "#e03131", "#f08c00", "#fcc419", "#2f9e44", "#1971c2", "#7048e8", "#8d6e63"]
 
 
-def build_img2img_tab(engine: Engine) -> None:
+@dataclass
+class Img2ImgTab:
+    modes: gr.Tabs
+    mode: gr.State
+    upload: gr.Image
+    sketch: gr.ImageEditor
+    inpaint: gr.ImageEditor
+    controls: GenerationControls
+    strength: gr.Slider
+    results: ResultsPanel
+
+
+def blank_canvas(width: int, height: int) -> dict:
+    """An editor value with a white background: the brush is active at once (see STACK-NOTES)."""
+    white = Image.new("RGB", (int(width), int(height)), "white")
+    return {"background": white, "layers": [], "composite": white}
+
+
+def editor_value(picture: Image.Image) -> dict:
+    return {"background": picture, "layers": [], "composite": picture}
+
+
+def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
+    values = remembered(preferences.section(SECTION))
     job = gr.State(None)
+    mode = gr.State(UPLOAD)
     with gr.Row():
         with gr.Column(scale=5):
-            init_image = gr.Image(
-                label="Init image", type="pil", image_mode=None, sources=("upload", "clipboard"),
-                height=360, elem_id="img2img-init-image",
-            )
+            with gr.Tabs(selected=UPLOAD, elem_id="img2img-modes") as modes:
+                with gr.Tab("Upload", id=UPLOAD, elem_id="img2img-mode-upload") as upload_tab:
+                    upload = gr.Image(
+                        label="Init image", type="pil", image_mode=None, sources=("upload", "clipboard"),
+                        height=400, elem_id="img2img-init-image",
+                    )
+                with gr.Tab("Sketch", id=SKETCH, elem_id="img2img-mode-sketch") as sketch_tab:
+                    sketch = gr.ImageEditor(
+                        value=blank_canvas(values["width"], values["height"]),
+                        type="pil", image_mode="RGBA", label="Sketch", height=480,
+                        canvas_size=(values["width"], values["height"]),
+                        brush=gr.Brush(colors=SKETCH_COLOURS, default_color="#000000", color_mode="defaults", default_size=8),
+                        eraser=gr.Eraser(default_size=24), layers=False, transforms=(),
+                        sources=("upload", "clipboard"), format="png", elem_id="img2img-sketch",
+                    )
+                    new_canvas = gr.Button("New blank canvas (width x height below)", size="sm", elem_id="img2img-new-canvas")
+                with gr.Tab("Inpaint", id=INPAINT, elem_id="img2img-mode-inpaint") as inpaint_tab:
+                    inpaint = gr.ImageEditor(
+                        type="pil", image_mode="RGBA", label="Picture: paint over what should change", height=480,
+                        brush=gr.Brush(colors=["#ff3d7f"], default_color="#ff3d7f", color_mode="fixed", default_size=32),
+                        eraser=gr.Eraser(default_size=32), layers=False, transforms=(),
+                        sources=("upload", "clipboard"), format="png", elem_id="img2img-inpaint",
+                    )
+                    with gr.Row():
+                        mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img-mask-blur")
+                        area = gr.Radio(list(AREA_LABELS), value="Whole picture", label="Inpaint area", elem_id="img2img-inpaint-area")
+                        padding = gr.Slider(0, 256, value=32, step=4, label="Padding (only masked)", elem_id="img2img-mask-padding")
             strength = gr.Slider(
                 0, 1, value=0.75, step=0.01, label="Denoising strength",
-                info="Low keeps the image, high follows the prompt", elem_id="img2img-strength",
+                info="Low keeps the picture, high follows the prompt", elem_id="img2img-strength",
             )
-            keep_size = gr.Checkbox(
-                value=True, label="Use the image's own size (untick to resize to width and height)",
-                elem_id="img2img-keep-size",
-            )
-            prompt, negative = prompt_boxes("img2img")
-            controls = generation_controls(engine, "img2img", prompt, negative)
+            with gr.Row():
+                keep_size = gr.Checkbox(value=True, label="Keep the picture's size", elem_id="img2img-keep-size")
+                resize_mode = gr.Radio(
+                    list(RESIZE_LABELS), value="Just resize", label="Otherwise, to width x height:",
+                    elem_id="img2img-resize-mode",
+                )
+            prompt, negative = prompt_boxes(SECTION, values)
+            controls = generation_controls(engine, SECTION, prompt, negative, values)
         with gr.Column(scale=5):
             with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate")
+                generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", elem_classes="easel-generate")
+                skip = gr.Button("Skip", elem_id="img2img-skip")
                 stop = gr.Button("Interrupt", variant="stop", elem_id="img2img-interrupt")
-            results = results_panel("img2img")
+            results = results_panel(SECTION)
+    wire_reuse_seed(controls, results)
 
-    def run(image, strength_value, use_image_size, *values, progress=gr.Progress()):
-        if image is None:
-            raise gr.Error("Upload an init image first (drop a picture on the Init image box).")
+    for tab, name in ((upload_tab, UPLOAD), (sketch_tab, SKETCH), (inpaint_tab, INPAINT)):
+        tab.select(lambda name=name: name, outputs=mode, queue=False, api_visibility="private")
+    new_canvas.click(blank_canvas, inputs=[controls.width, controls.height], outputs=sketch, queue=False, api_visibility="private")
+
+    def run(chosen, uploaded, drawn, painted, strength_value, use_picture_size, resize_label, blur, area_label,
+            padding_value, *values, progress=gr.Progress()):
         fields = request_fields(list(values))
-        if use_image_size:
+        preferences.remember(SECTION, fields)
+        picture, mask = _picture_and_mask(chosen, uploaded, drawn, painted)
+        if use_picture_size:
             fields.update(width=None, height=None)
-        request = GenerationRequest(**fields, init_image=image, strength=strength_value)
+        request = GenerationRequest(
+            **fields, init_image=picture, strength=strength_value, resize_mode=RESIZE_LABELS[resize_label],
+            mask=mask, mask_blur=blur, inpaint_area=AREA_LABELS[area_label], masked_padding=padding_value,
+        )
         yield from runner.generate(engine, request, progress)
 
     generate.click(
         run,
-        inputs=[init_image, strength, keep_size, *controls.inputs()],
+        inputs=[mode, upload, sketch, inpaint, strength, keep_size, resize_mode, mask_blur, area, padding, *controls.inputs()],
         outputs=[job, *results.outputs()],
         api_name="img2img",
         concurrency_id="generate",
     )
+    skip.click(runner.skip, inputs=job, outputs=results.status, queue=False, api_visibility="private")
     stop.click(runner.interrupt, inputs=job, outputs=results.status, queue=False, api_name="img2img_interrupt")
+    return Img2ImgTab(modes, mode, upload, sketch, inpaint, controls, strength, results)
+
+
+def _picture_and_mask(mode: str, uploaded, drawn: dict | None, painted: dict | None):
+    """The init picture (and mask) of the chosen mode, or a sentence saying what is missing."""
+    if mode == SKETCH:
+        if not drawn or drawn.get("composite") is None:
+            raise gr.Error("Draw something on the sketch canvas first.")
+        return drawn["composite"], None
+    if mode == INPAINT:
+        if not painted or painted.get("background") is None:
+            raise gr.Error("Upload the picture to inpaint first, then paint over the part to change.")
+        layers = [layer for layer in painted.get("layers") or [] if layer is not None]
+        if not layers:
+            raise gr.Error("Paint over the part of the picture that should change (the brush), then generate.")
+        return painted["background"], mask_from_layer(layers[0])
+    if uploaded is None:
+        raise gr.Error("Upload a picture first (drop it on the Init image box).")
+    return uploaded, None

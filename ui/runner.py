@@ -51,7 +51,8 @@ def result_status(result: GenerationResult) -> str:
 
 
 def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
-    """A Gradio generator: yields (job, gallery, preview, status, info, parameters) as the job runs."""
+    """A Gradio generator: yields (job, *ResultsPanel.outputs()) as the job runs."""
+    unchanged = (gr.skip(),) * 4  # info, parameters, paths, seeds
     try:
         job = engine.submit(request)
     except EaselError as error:
@@ -63,22 +64,32 @@ def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
         if p.steps:
             progress(p.fraction, desc=progress_line(engine, job))
         preview = gr.update(value=p.preview, visible=True) if p.preview is not None else gr.skip()
-        yield job, gr.skip(), preview, progress_line(engine, job), gr.skip(), gr.skip()
+        yield job, gr.skip(), preview, progress_line(engine, job), *unchanged, gr.skip()
     try:
         result: GenerationResult = job.wait()
     except Exception as error:  # shown in the page, never as a stack trace
         if not isinstance(error, EaselError):
             log.exception("Generation failed")
         message = user_message(error)
-        yield None, gr.skip(), gr.update(visible=False), f"**Could not generate.** {message}", gr.skip(), gr.skip()
+        yield None, gr.skip(), gr.update(visible=False), f"**Could not generate.** {message}", *unchanged, gr.skip()
         raise gr.Error(message) from None
     if result is None:  # cancelled before it started
-        yield None, gr.skip(), gr.update(visible=False), "Cancelled before it started.", gr.skip(), gr.skip()
+        yield None, gr.skip(), gr.update(visible=False), "Cancelled before it started.", *unchanged, gr.skip()
         return
     gallery = [(str(image.path), f"Seed {image.seed}") for image in result.images]
     parameters = [image.parameters for image in result.images]
+    paths = [str(image.path) for image in result.images]
     first = parameters[0] if parameters else ""
-    yield None, gallery, gr.update(value=None, visible=False), result_status(result), first, parameters
+    hidden = gr.update(value=None, visible=False)
+    yield None, gallery, hidden, result_status(result), first, parameters, paths, result.seeds, 0
+
+
+def skip(job: Job | None) -> str:
+    """Ends this page's current batch now; the job goes on with its next batch."""
+    if job is None or job.finished:
+        return "Nothing is running."
+    job.skip()
+    return "Skipping to the next batch…"
 
 
 def interrupt(job: Job | None) -> str:

@@ -3,6 +3,7 @@
 import gradio as gr
 
 from app.settings import Settings
+from ui.app import PAGE_JS
 
 # Generation handlers only wait on the engine's own queue, which runs one job at a time; let many
 # of them wait at once so every user sees their position and live progress.
@@ -25,5 +26,6 @@ def serve(blocks: gr.Blocks, settings: Settings, block: bool = True):
         footer_links=[],
         quiet=True,
         show_error=True,
+        js=PAGE_JS,
     )
     return app, local_url

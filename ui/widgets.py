@@ -8,6 +8,17 @@ from app.engine import Engine
 from app.generation.requests import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from app.generation.samplers import AUTOMATIC, DEFAULT_SAMPLER
 
+# The fields of the generation settings, in the order their components are passed to handlers.
+FIELDS = (
+    "prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg_scale",
+    "width", "height", "seed", "batch_count", "batch_size",
+)
+DEFAULTS = {
+    "prompt": "", "negative_prompt": "", "sampler": DEFAULT_SAMPLER, "schedule": AUTOMATIC, "steps": 20,
+    "cfg_scale": 7.0, "width": 512, "height": 512, "seed": -1, "batch_count": 1, "batch_size": 1,
+}
+SIZE_PRESETS = ["512x512", "768x768", "512x768", "768x512", "640x448", "448x640", "1024x576", "576x1024"]
+
 
 @dataclass
 class GenerationControls:
@@ -22,32 +33,34 @@ class GenerationControls:
     seed: gr.Number
     batch_count: gr.Slider
     batch_size: gr.Slider
+    reuse_seed: gr.Button      # wired by `wire_reuse_seed`, which knows the results
 
     def inputs(self) -> list:
-        """In the order `request_fields` reads them."""
-        return [
-            self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.cfg_scale,
-            self.width, self.height, self.seed, self.batch_count, self.batch_size,
-        ]
+        return [getattr(self, name) for name in FIELDS]
 
 
 def request_fields(values: list) -> dict:
     """The GenerationRequest fields for the values of `GenerationControls.inputs()`."""
-    names = (
-        "prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg_scale",
-        "width", "height", "seed", "batch_count", "batch_size",
-    )
-    return dict(zip(names, values))
+    return dict(zip(FIELDS, values))
 
 
-def prompt_boxes(tab: str) -> tuple[gr.Textbox, gr.Textbox]:
+def remembered(saved: dict) -> dict:
+    """Saved values over the defaults, dropping any that no longer fit (e.g. a removed sampler)."""
+    values = dict(DEFAULTS)
+    values.update({key: value for key, value in saved.items() if key in DEFAULTS})
+    return values
+
+
+def prompt_boxes(tab: str, values: dict) -> tuple[gr.Textbox, gr.Textbox]:
     prompt = gr.Textbox(
-        label="Prompt",
+        value=values["prompt"],
+        label="Prompt (Ctrl+Enter to generate)",
         placeholder="Describe the picture: a lighthouse at dusk, oil painting, (warm light:1.2)",
         lines=3,
         elem_id=f"{tab}-prompt",
     )
     negative = gr.Textbox(
+        value=values["negative_prompt"],
         label="Negative prompt",
         placeholder="What to keep out: blurry, text, watermark",
         lines=2,
@@ -56,24 +69,54 @@ def prompt_boxes(tab: str) -> tuple[gr.Textbox, gr.Textbox]:
     return prompt, negative
 
 
-def generation_controls(engine: Engine, tab: str, prompt: gr.Textbox, negative: gr.Textbox) -> GenerationControls:
+def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict) -> GenerationControls:
+    samplers = engine.sampler_names()
     with gr.Row():
-        sampler = gr.Dropdown(engine.sampler_names(), value=DEFAULT_SAMPLER, label="Sampler", elem_id=f"{tab}-sampler")
+        sampler = gr.Dropdown(
+            samplers, value=values["sampler"] if values["sampler"] in samplers else DEFAULT_SAMPLER,
+            label="Sampler", elem_id=f"{tab}-sampler",
+        )
         schedule = gr.Dropdown(
-            engine.schedule_names(), value=AUTOMATIC, label="Schedule type",
+            engine.schedule_names(), value=values["schedule"], label="Schedule type",
             info="Automatic: the sampler's usual schedule", elem_id=f"{tab}-schedule",
         )
     with gr.Row():
-        steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id=f"{tab}-steps")
-        cfg = gr.Slider(1, MAX_CFG, value=7, step=0.5, label="CFG scale", info="How closely to follow the prompt", elem_id=f"{tab}-cfg")
+        steps = gr.Slider(1, MAX_STEPS, value=values["steps"], step=1, label="Sampling steps", elem_id=f"{tab}-steps")
+        cfg = gr.Slider(
+            1, MAX_CFG, value=values["cfg_scale"], step=0.5, label="CFG scale",
+            info="How closely to follow the prompt", elem_id=f"{tab}-cfg",
+        )
+    with gr.Row(equal_height=True):
+        width = gr.Slider(MIN_SIZE, MAX_SIZE, value=values["width"], step=8, label="Width", elem_id=f"{tab}-width")
+        height = gr.Slider(MIN_SIZE, MAX_SIZE, value=values["height"], step=8, label="Height", elem_id=f"{tab}-height")
+        swap = gr.Button("⇅ Swap", scale=0, min_width=80, elem_id=f"{tab}-swap-size")
+        preset = gr.Dropdown(SIZE_PRESETS, value=None, label="Size preset", scale=1, min_width=120, elem_id=f"{tab}-size-preset")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=values["seed"], precision=0, label="Seed", info="-1 picks a random seed", elem_id=f"{tab}-seed")
+        random_seed = gr.Button("Random", scale=0, min_width=80, elem_id=f"{tab}-seed-random")
+        reuse_seed = gr.Button("Reuse last", scale=0, min_width=100, elem_id=f"{tab}-seed-reuse")
     with gr.Row():
-        width = gr.Slider(MIN_SIZE, MAX_SIZE, value=512, step=8, label="Width", elem_id=f"{tab}-width")
-        height = gr.Slider(MIN_SIZE, MAX_SIZE, value=512, step=8, label="Height", elem_id=f"{tab}-height")
-    with gr.Row():
-        seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 picks a random seed", elem_id=f"{tab}-seed")
-        batch_count = gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count", info="Batches one after another", elem_id=f"{tab}-batch-count")
-        batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size", info="Images per batch (more memory)", elem_id=f"{tab}-batch-size")
-    return GenerationControls(prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_count, batch_size)
+        batch_count = gr.Slider(
+            1, MAX_BATCH_COUNT, value=values["batch_count"], step=1, label="Batch count",
+            info="Batches one after another", elem_id=f"{tab}-batch-count",
+        )
+        batch_size = gr.Slider(
+            1, MAX_BATCH_SIZE, value=values["batch_size"], step=1, label="Batch size",
+            info="Images per batch (more memory)", elem_id=f"{tab}-batch-size",
+        )
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False, api_visibility="private")
+    preset.input(_preset_size, inputs=preset, outputs=[width, height], queue=False, api_visibility="private")
+    random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
+    return GenerationControls(
+        prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_count, batch_size, reuse_seed
+    )
+
+
+def _preset_size(preset: str | None):
+    if not preset:
+        return gr.skip(), gr.skip()
+    width, height = (int(side) for side in preset.split("x"))
+    return width, height
 
 
 @dataclass
@@ -82,10 +125,16 @@ class ResultsPanel:
     preview: gr.Image
     status: gr.Markdown
     info: gr.Textbox
-    parameters: gr.State       # the infotext of each image in the gallery, for the info box
+    parameters: gr.State       # the infotext of each image in the gallery
+    paths: gr.State            # the saved file of each image in the gallery
+    seeds: gr.State            # the seed of each image
+    selected: gr.State         # index of the image the user clicked (0 before any click)
+    send_img2img: gr.Button
+    send_sketch: gr.Button
+    send_inpaint: gr.Button
 
     def outputs(self) -> list:
-        return [self.gallery, self.preview, self.status, self.info, self.parameters]
+        return [self.gallery, self.preview, self.status, self.info, self.parameters, self.paths, self.seeds, self.selected]
 
 
 def results_panel(tab: str) -> ResultsPanel:
@@ -95,12 +144,29 @@ def results_panel(tab: str) -> ResultsPanel:
     gallery = gr.Gallery(
         label="Results", format="png", columns=2, height=520, interactive=False, elem_id=f"{tab}-gallery"
     )
+    with gr.Row():
+        send_img2img = gr.Button("Send to image to image", size="sm", elem_id=f"{tab}-send-img2img")
+        send_sketch = gr.Button("Send to sketch", size="sm", elem_id=f"{tab}-send-sketch")
+        send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{tab}-info")
-    parameters = gr.State([])
-    gallery.select(_selected_parameters, inputs=parameters, outputs=info, queue=False, api_visibility="private")
-    return ResultsPanel(gallery, preview, status, info, parameters)
+    parameters, paths, seeds, selected = gr.State([]), gr.State([]), gr.State([]), gr.State(0)
+    gallery.select(_selected, inputs=parameters, outputs=[info, selected], queue=False, api_visibility="private")
+    return ResultsPanel(gallery, preview, status, info, parameters, paths, seeds, selected, send_img2img, send_sketch, send_inpaint)
 
 
-def _selected_parameters(parameters: list[str], event: gr.SelectData) -> str:
+def _selected(parameters: list[str], event: gr.SelectData):
     index = event.index if isinstance(event.index, int) else 0
-    return parameters[index] if 0 <= index < len(parameters) else ""
+    return (parameters[index] if 0 <= index < len(parameters) else ""), index
+
+
+def wire_reuse_seed(controls: GenerationControls, results: ResultsPanel) -> None:
+    """"Reuse last" puts the seed of the selected (or first) result back into the seed box."""
+
+    def last_seed(seeds: list[int], selected: int):
+        if not seeds:
+            raise gr.Error("Generate something first: there is no seed to reuse yet.")
+        return seeds[selected if 0 <= selected < len(seeds) else 0]
+
+    controls.reuse_seed.click(
+        last_seed, inputs=[results.seeds, results.selected], outputs=controls.seed, queue=False, api_visibility="private"
+    )

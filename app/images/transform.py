@@ -76,3 +76,9 @@ def pasted_back(
     placed = original.convert("RGB").copy()
     placed.paste(patch, box[:2])
     return composited(original, placed, mask)
+
+
+def mask_from_layer(layer: Image.Image) -> Image.Image:
+    """A painted editor layer as a mask (L): every stroke counts fully, whatever the brush's opacity."""
+    alpha = layer.convert("RGBA").getchannel("A")
+    return alpha.point(lambda value: 255 if value > 0 else 0)
