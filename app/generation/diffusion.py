@@ -73,7 +73,9 @@ def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas) 
         arguments.update(mask_image=canvas.mask, width=canvas.image.width, height=canvas.image.height)
     elif canvas.image is None:
         arguments.update(width=request.width, height=request.height)
-    with torch.inference_mode():
+    # no_grad, not inference_mode: offload hooks move weights during the call, and weights
+    # touched in inference mode cannot be moved back to normal use (a step down the ladder).
+    with torch.no_grad():
         return pipe(**arguments).images
 
 
@@ -90,7 +92,7 @@ def decoded(pipe, latents: torch.Tensor, vae_float32: bool = False) -> BatchImag
 
 def _vae_decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     vae = pipe.vae
-    with torch.inference_mode():
+    with torch.no_grad():
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
 
 

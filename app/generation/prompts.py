@@ -335,6 +335,12 @@ def emphasized(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def _module_device(module) -> torch.device:
+    # Under sequential offload the weights sit on "meta"/CPU and accelerate's hooks move them
+    # layer by layer to their execution device: the input ids must go there.
+    for submodule in module.modules():
+        hook_device = getattr(getattr(submodule, "_hf_hook", None), "execution_device", None)
+        if hook_device is not None:
+            return torch.device(hook_device)
     device = getattr(module, "device", None)
     if isinstance(device, torch.device):
         return device

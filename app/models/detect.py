@@ -8,6 +8,7 @@ else v-prediction (the 768 model is the one most people have).
 """
 
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,32 @@ CROSS_ATTENTION = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.a
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
-def is_code_refusal(error: BaseException) -> bool:
-    """Whether torch's weights_only loader refused the file because it names Python code to call
-    (an unsafe pickle), as opposed to bytes that are merely damaged ("Unsupported operand")."""
-    message = str(error)
-    return "Weights only load failed" in message and "global" in message.lower()
+# Pickle opcodes that import or call something: plain tensors need none outside torch's zip format.
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def is_code_refusal(error: BaseException | None) -> bool:
+    """Whether torch's weights_only loader refused a file because it names Python code to call
+    (an unsafe pickle), as opposed to bytes that are merely damaged ("Unsupported operand").
+    Looks through the causes too: diffusers wraps the refusal in an OSError."""
+    while error is not None:
+        message = str(error)
+        if "Weights only load failed" in message and "global" in message.lower():
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _pickle_calls_code(path: Path) -> bool:
+    """For a plain (non-zip) pickle that torch stopped reading early: does it call code anywhere?
+    Read with pickletools, which lists opcodes and runs nothing."""
+    if zipfile.is_zipfile(path):
+        return False  # torch's own format: its globals are torch's, and torch read them
+    try:
+        with open(path, "rb") as handle:
+            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(handle))
+    except Exception:  # not a pickle at all: damaged, not dangerous
+        return False
 
 
 class UnreadableCheckpoint(Exception):
@@ -41,6 +63,15 @@ class UnreadableCheckpoint(Exception):
         self.reason = reason
 
 
+def _unsafe() -> UnreadableCheckpoint:
+    return UnreadableCheckpoint(
+        "it is a pickle that would run Python code when opened, so Easel refuses it. "
+        "Use a .safetensors version of this model."
+    )
+
+
+def _damaged() -> UnreadableCheckpoint:
+    return UnreadableCheckpoint("the file is damaged or not a checkpoint. Download it again.")
 @dataclass(frozen=True)
 class Detection:
     family: str
@@ -69,17 +100,16 @@ def _ckpt_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         data = torch.load(path, map_location="meta", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
-        if is_code_refusal(error):
-            raise UnreadableCheckpoint(
-                "it is a pickle that would run Python code when opened, so Easel refuses it. "
-                "Use a .safetensors version of this model."
-            ) from None
+        if is_code_refusal(error) or _pickle_calls_code(path):
+            raise _unsafe() from None
         # torch's own text suggests loading unsafely; not advice to pass on.
-        raise UnreadableCheckpoint("the file is damaged or not a checkpoint. Download it again.") from None
+        raise _damaged() from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise UnreadableCheckpoint(
             f"the file is damaged or incomplete (maybe an unfinished download: {error}). Download it again."
         ) from None
+    except Exception:  # torch's safe unpickler meets random bytes with IndexError, KeyError, ...
+        raise _damaged() from None
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise UnreadableCheckpoint("it holds no weights Easel knows (not a Stable Diffusion checkpoint).")
@@ -142,10 +172,11 @@ def _find_key(tree, key: str):
 
 
 def settle_prediction(family: str, sidecar: str | None, override: str | None) -> Detection:
-    """The final family of an SD 2.x checkpoint: sidecar, then the user's choice, then v."""
+    """The final family of an SD 2.x checkpoint: the user's choice, then the sidecar, then v."""
     if family != families.SD2_V:
         return Detection(family, "weights")
-    for choice, source in ((sidecar, "sidecar"), (override, "override")):
+    # The user's explicit choice in the page wins over a file they may not know is there.
+    for choice, source in ((override, "override"), (sidecar, "sidecar")):
         if choice is not None:
             return Detection(families.SD2_V if choice == "v" else families.SD2, source)
     return Detection(families.SD2_V, "default")

@@ -81,6 +81,11 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype, config_root: Path = MOD
             f"Could not load the checkpoint '{entry.title}': the file is damaged. Download it again."
         ) from None
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as error:
+        if is_code_refusal(error):  # diffusers wraps torch's refusal in an OSError
+            raise ModelLoadError(
+                f"Easel refused '{entry.title}': it is a pickle that would run Python code when opened. "
+                "Use a .safetensors version of this model."
+            ) from None
         raise ModelLoadError(
             f"Could not load the checkpoint '{entry.title}': the file looks damaged or incomplete ({error}). "
             "Download it again, or remove it from the models folder."

@@ -98,6 +98,8 @@ class ModelManager:
         entry = self._entry(title)
         if entry.problem:
             raise ModelLoadError(entry.problem)  # before anything is unloaded
+        if not entry.path.exists():
+            raise ModelNotFound(f"'{entry.title}' is no longer in the models folder. Press refresh.")
         with self._lock:
             if self._loaded and self._loaded.entry.path == entry.path and self._loaded.entry.family == entry.family:
                 return self._loaded.entry
@@ -110,7 +112,7 @@ class ModelManager:
             self.unload()
             try:
                 self._loaded = self._load(entry)
-            except EaselError:
+            except Exception:
                 if previous is not None:
                     self._loaded = self._load(previous)  # a failed swap leaves the old model working
                 raise
