@@ -20,7 +20,8 @@ from app.generation.diffusion import run_batch
 from app.generation.previews import latent_preview
 from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
 from app.generation.requests import ONLY_MASKED, GenerationRequest
-from app.images.metadata import GenerationInfo, infotext
+from app.generation.upscale import UpscaleRequest, postprocess_parameters, upscaled
+from app.images.metadata import GenerationInfo, infotext, read_parameters
 from app.images.store import OutputStore
 from app.images.watermark import apply_watermark
 from app.jobs import Job, JobQueue
@@ -80,6 +81,16 @@ class Engine:
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
         """Submit and wait: for scripts and tests."""
         return self.submit(request).wait(timeout)
+
+    def upscale(self, request: UpscaleRequest) -> GeneratedImage:
+        """A picture made larger, saved under extras-images with its parameters kept."""
+        # Read before validation: converting the picture may drop its PNG text.
+        source_parameters = read_parameters(request.image) if isinstance(request.image, Image.Image) else None
+        request = request.validated()
+        picture = upscaled(request)
+        parameters = postprocess_parameters(source_parameters, request)
+        path = self.store.save(picture, parameters, "extras-images", seed=None)
+        return GeneratedImage(image=picture, path=path, seed=-1, parameters=parameters)
 
     def skip(self) -> None:
         """Finish the running job's current batch now and go on with its next one."""

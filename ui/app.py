@@ -7,11 +7,14 @@ from app.engine import Engine
 from app.preferences import Preferences
 from ui.header import build_header
 from ui.img2img import INPAINT, SKETCH, UPLOAD, Img2ImgTab, build_img2img_tab, editor_value
+from ui.history import build_history_tab
+from ui.pnginfo import PngInfoTab, build_pnginfo_tab
 from ui.txt2img import build_txt2img_tab
-from ui.widgets import ResultsPanel
+from ui.upscale import UpscaleTab, build_upscale_tab
+from ui.widgets import FIELDS, GenerationControls, ResultsPanel
 
 TITLE = "Easel"
-TXT2IMG_TAB, IMG2IMG_TAB, PNGINFO_TAB, HISTORY_TAB = "txt2img", "img2img", "pnginfo", "history"
+TXT2IMG_TAB, IMG2IMG_TAB, UPSCALE_TAB, PNGINFO_TAB, HISTORY_TAB = "txt2img", "img2img", "upscale", "pnginfo", "history"
 
 # Ctrl+Enter (Cmd+Enter on a Mac) presses the Generate button of the tab in view.
 PAGE_JS = """
@@ -35,8 +38,16 @@ def build_ui(engine: Engine, preferences: Preferences | None = None) -> gr.Block
                 txt2img = build_txt2img_tab(engine, preferences)
             with gr.Tab("Image to image", id=IMG2IMG_TAB):
                 img2img = build_img2img_tab(engine, preferences)
+            with gr.Tab("Upscale", id=UPSCALE_TAB):
+                upscale = build_upscale_tab(engine)
+            with gr.Tab("PNG info", id=PNGINFO_TAB):
+                pnginfo = build_pnginfo_tab(engine)
+            with gr.Tab("History", id=HISTORY_TAB):
+                build_history_tab(engine)
         for results in (txt2img.results, img2img.results):
             wire_send_to_img2img(results, img2img, tabs)
+            wire_send_to_upscale(results, upscale, tabs)
+        wire_pnginfo(pnginfo, txt2img.controls, img2img, tabs)
     return blocks
 
 
@@ -62,3 +73,47 @@ def wire_send_to_img2img(results: ResultsPanel, img2img: Img2ImgTab, tabs: gr.Ta
     outputs = [img2img.upload, img2img.sketch, img2img.inpaint, tabs, img2img.modes, img2img.mode]
     for button, mode in ((results.send_img2img, UPLOAD), (results.send_sketch, SKETCH), (results.send_inpaint, INPAINT)):
         button.click(sender(mode), inputs=[results.paths, results.selected], outputs=outputs, queue=False, api_visibility="private")
+
+
+def wire_send_to_upscale(results: ResultsPanel, upscale: UpscaleTab, tabs: gr.Tabs) -> None:
+    def send(paths: list[str], selected: int):
+        if not paths:
+            raise gr.Error("Generate a picture first, then send it.")
+        # The saved file, not a copy: its parameters text must reach the upscaler.
+        return paths[selected if 0 <= selected < len(paths) else 0], gr.Tabs(selected=UPSCALE_TAB)
+
+    results.send_upscale.click(
+        send, inputs=[results.paths, results.selected], outputs=[upscale.image, tabs], queue=False, api_visibility="private"
+    )
+
+
+def _control_updates(fields: dict) -> list:
+    """One update per generation control: the value read from a PNG, or unchanged."""
+    return [fields[name] if name in fields else gr.skip() for name in FIELDS]
+
+
+def wire_pnginfo(pnginfo: PngInfoTab, txt2img: GenerationControls, img2img: Img2ImgTab, tabs: gr.Tabs) -> None:
+    """PNG info's send buttons: the parameters into a tab's settings (and the picture into img2img)."""
+
+    def to_txt2img(fields: dict):
+        return *_control_updates(fields or {}), gr.Tabs(selected=TXT2IMG_TAB)
+
+    def to_img2img(picture, fields: dict):
+        if picture is None:
+            raise gr.Error("Drop a picture on PNG info first.")
+        strength = (fields or {}).get("strength", gr.skip())
+        return (
+            *_control_updates(fields or {}), picture, strength,
+            gr.Tabs(selected=IMG2IMG_TAB), gr.Tabs(selected=UPLOAD), UPLOAD,
+        )
+
+    pnginfo.send_to_txt2img.click(
+        to_txt2img, inputs=pnginfo.fields, outputs=[*txt2img.inputs(), tabs], queue=False, api_visibility="private"
+    )
+    pnginfo.send_to_img2img.click(
+        to_img2img,
+        inputs=[pnginfo.image, pnginfo.fields],
+        outputs=[*img2img.controls.inputs(), img2img.upload, img2img.strength, tabs, img2img.modes, img2img.mode],
+        queue=False,
+        api_visibility="private",
+    )

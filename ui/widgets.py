@@ -132,6 +132,7 @@ class ResultsPanel:
     send_img2img: gr.Button
     send_sketch: gr.Button
     send_inpaint: gr.Button
+    send_upscale: gr.Button
 
     def outputs(self) -> list:
         return [self.gallery, self.preview, self.status, self.info, self.parameters, self.paths, self.seeds, self.selected]
@@ -148,10 +149,13 @@ def results_panel(tab: str) -> ResultsPanel:
         send_img2img = gr.Button("Send to image to image", size="sm", elem_id=f"{tab}-send-img2img")
         send_sketch = gr.Button("Send to sketch", size="sm", elem_id=f"{tab}-send-sketch")
         send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{tab}-send-inpaint")
+        send_upscale = gr.Button("Send to upscale", size="sm", elem_id=f"{tab}-send-upscale")
     info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{tab}-info")
     parameters, paths, seeds, selected = gr.State([]), gr.State([]), gr.State([]), gr.State(0)
     gallery.select(_selected, inputs=parameters, outputs=[info, selected], queue=False, api_visibility="private")
-    return ResultsPanel(gallery, preview, status, info, parameters, paths, seeds, selected, send_img2img, send_sketch, send_inpaint)
+    return ResultsPanel(
+        gallery, preview, status, info, parameters, paths, seeds, selected, send_img2img, send_sketch, send_inpaint, send_upscale
+    )
 
 
 def _selected(parameters: list[str], event: gr.SelectData):

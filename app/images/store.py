@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _TEMP_PREFIX = ".easel-"
 _TEMP_SUFFIX = ".tmp"
 # A1111 names start with the sequence number; anything after it (seed, prompt words) varies.
-_SEQUENCE_PATTERN = re.compile(r"^(\d{5,})-")
+_SEQUENCE_PATTERN = re.compile(r"^(\d{5,})[-.]")
 # Errors of os.link that mean "this filesystem has no hard links", not "this save failed".
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
 
@@ -42,7 +42,7 @@ class OutputStore:
         # savers from racing for the same number and retrying.
         self._naming_lock = threading.Lock()
 
-    def save(self, image: Image.Image, parameters: str, category: str, seed: int) -> Path:
+    def save(self, image: Image.Image, parameters: str, category: str, seed: int | None) -> Path:
         """Write `image` as PNG with `parameters` as its A1111 infotext; the new file's path.
 
         Raises OutputError when the folder cannot be written (permissions, disk full).
@@ -93,15 +93,16 @@ def check_category(category: str) -> str:
     return category
 
 
-def publish(temp: Path, folder: Path, seed: int) -> Path:
-    """Give the finished `temp` file the next free `NNNNN-<seed>.png` name in `folder`.
+def publish(temp: Path, folder: Path, seed: int | None) -> Path:
+    """Give the finished `temp` file the next free `NNNNN-<seed>.png` name in `folder`
+    (`NNNNN.png` without a seed, as A1111 names its extras).
 
     A hard link is created only if the name is free, atomically: two savers (threads or
     processes) can never end up with the same file. On a collision the next number is tried.
     """
     number = next_sequence_number(folder)
     while True:
-        path = folder / f"{number:05}-{seed}.png"
+        path = folder / (f"{number:05}-{seed}.png" if seed is not None else f"{number:05}.png")
         try:
             link_if_absent(temp, path)
             return path
