@@ -18,6 +18,7 @@ from ui.widgets import (
     prompt_boxes,
     remembered,
     request_fields,
+    reset_button,
     results_panel,
     wire_reuse_seed,
 )
@@ -96,6 +97,7 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
                 )
             prompt, negative = prompt_boxes(SECTION, values)
             controls = generation_controls(engine, SECTION, prompt, negative, values)
+            reset_button(controls, preferences, SECTION)
         with gr.Column(scale=5):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", elem_classes="easel-generate")

@@ -15,6 +15,7 @@ from ui.widgets import (
     prompt_boxes,
     remembered,
     request_fields,
+    reset_button,
     results_panel,
     wire_reuse_seed,
 )
@@ -35,6 +36,7 @@ def build_txt2img_tab(engine: Engine, preferences: Preferences) -> Txt2ImgTab:
         with gr.Column(scale=5):
             prompt, negative = prompt_boxes(SECTION, values)
             controls = generation_controls(engine, SECTION, prompt, negative, values)
+            reset_button(controls, preferences, SECTION)
         with gr.Column(scale=5):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", elem_classes="easel-generate")

@@ -174,3 +174,15 @@ def wire_reuse_seed(controls: GenerationControls, results: ResultsPanel) -> None
     controls.reuse_seed.click(
         last_seed, inputs=[results.seeds, results.selected], outputs=controls.seed, queue=False, api_visibility="private"
     )
+
+
+def reset_button(controls: GenerationControls, preferences, section: str) -> gr.Button:
+    """A button that puts every setting back to Easel's defaults and forgets the remembered ones."""
+    button = gr.Button("Reset settings to defaults", size="sm", elem_id=f"{section}-reset")
+
+    def reset():
+        preferences.forget(section)
+        return [DEFAULTS[name] for name in FIELDS]
+
+    button.click(reset, outputs=controls.inputs(), queue=False, api_visibility="private")
+    return button
