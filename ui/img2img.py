@@ -11,17 +11,7 @@ from app.generation.requests import ONLY_MASKED, WHOLE_PICTURE, GenerationReques
 from app.images.transform import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, mask_from_layer
 from app.preferences import Preferences
 from ui import runner
-from ui.widgets import (
-    GenerationControls,
-    ResultsPanel,
-    generation_controls,
-    prompt_boxes,
-    remembered,
-    request_fields,
-    reset_button,
-    results_panel,
-    wire_reuse_seed,
-)
+from ui.widgets import GenerationControls, ResultsPanel, remembered, request_fields, results_column, settings_column
 
 SECTION = "img2img"
 UPLOAD, SKETCH, INPAINT = "upload", "sketch", "inpaint"
@@ -95,16 +85,9 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
                     list(RESIZE_LABELS), value="Just resize", label="Otherwise, to width x height:",
                     elem_id="img2img-resize-mode",
                 )
-            prompt, negative = prompt_boxes(SECTION, values)
-            controls = generation_controls(engine, SECTION, prompt, negative, values)
-            reset_button(controls, preferences, SECTION)
+            controls = settings_column(engine, SECTION, values, preferences)
         with gr.Column(scale=5):
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", elem_classes="easel-generate")
-                skip = gr.Button("Skip", elem_id="img2img-skip")
-                stop = gr.Button("Interrupt", variant="stop", elem_id="img2img-interrupt")
-            results = results_panel(SECTION)
-    wire_reuse_seed(controls, results)
+            generate, results = results_column(SECTION, job, controls)
 
     for tab, name in ((upload_tab, UPLOAD), (sketch_tab, SKETCH), (inpaint_tab, INPAINT)):
         tab.select(lambda name=name: name, outputs=mode, queue=False, api_visibility="private")
@@ -130,8 +113,6 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
         api_name="img2img",
         concurrency_id="generate",
     )
-    skip.click(runner.skip, inputs=job, outputs=results.status, queue=False, api_visibility="private")
-    stop.click(runner.interrupt, inputs=job, outputs=results.status, queue=False, api_name="img2img_interrupt")
     return Img2ImgTab(modes, mode, upload, sketch, inpaint, controls, strength, results)
 
 

@@ -7,6 +7,7 @@ import gradio as gr
 from app.engine import Engine
 from app.generation.requests import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from app.generation.samplers import AUTOMATIC, DEFAULT_SAMPLER
+from ui import runner
 
 # The fields of the generation settings, in the order their components are passed to handlers.
 FIELDS = (
@@ -186,3 +187,24 @@ def reset_button(controls: GenerationControls, preferences, section: str) -> gr.
 
     button.click(reset, outputs=controls.inputs(), queue=False, api_visibility="private")
     return button
+
+
+def settings_column(engine: Engine, section: str, values: dict, preferences) -> GenerationControls:
+    """Prompt boxes, generation settings and the reset button of a tab."""
+    prompt, negative = prompt_boxes(section, values)
+    controls = generation_controls(engine, section, prompt, negative, values)
+    reset_button(controls, preferences, section)
+    return controls
+
+
+def results_column(section: str, job: gr.State, controls: GenerationControls) -> tuple[gr.Button, ResultsPanel]:
+    """Generate / Skip / Interrupt and the results panel; returns the Generate button for the tab to wire."""
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id=f"{section}-generate", elem_classes="easel-generate")
+        skip = gr.Button("Skip", elem_id=f"{section}-skip")
+        stop = gr.Button("Interrupt", variant="stop", elem_id=f"{section}-interrupt")
+    results = results_panel(section)
+    wire_reuse_seed(controls, results)
+    skip.click(runner.skip, inputs=job, outputs=results.status, queue=False, api_visibility="private")
+    stop.click(runner.interrupt, inputs=job, outputs=results.status, queue=False, api_name=f"{section}_interrupt")
+    return generate, results
