@@ -6,6 +6,8 @@ import os
 import threading
 from pathlib import Path
 
+from app.jsonfile import write_json
+
 
 class Preferences:
     def __init__(self, path: Path | None):
@@ -46,10 +48,7 @@ class Preferences:
         if self.path is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self._data, indent=1, ensure_ascii=False), encoding="utf-8")
-            os.replace(temporary, self.path)
+            write_json(self.path, self._data)
         except OSError:
             pass  # not remembering a slider is no reason to fail a generation
 

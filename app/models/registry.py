@@ -7,12 +7,11 @@ user sees why instead of wondering where it went.
 """
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.errors import ModelNotFound
+from app.jsonfile import read_json, write_json
 from app.models import families
 from app.models.detect import (
     SINGLE_FILE_SUFFIXES,
@@ -49,26 +48,19 @@ class VaeEntry:
     path: Path
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def diffusers_family(folder: Path) -> str:
     """The family of a diffusers folder, read from its configs (no weights loaded)."""
-    index = _read_json(folder / "model_index.json")
+    index = read_json(folder / "model_index.json")
     if index.get("_class_name") == "StableDiffusionUpscalePipeline":
         return families.X4_UPSCALER
-    inpaint = _read_json(folder / "unet" / "config.json").get("in_channels") == 9
+    inpaint = read_json(folder / "unet" / "config.json").get("in_channels") == 9
     # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
-    sd2 = _read_json(folder / "text_encoder" / "config.json").get("hidden_act") == "gelu"
+    sd2 = read_json(folder / "text_encoder" / "config.json").get("hidden_act") == "gelu"
     if not sd2:
         return families.SD1_INPAINT if inpaint else families.SD1
     if inpaint:
         return families.SD2_INPAINT
-    v_prediction = _read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction"
+    v_prediction = read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction"
     return families.SD2_V if v_prediction else families.SD2
 
 
@@ -78,7 +70,7 @@ class FileFacts:
 
     def __init__(self, cache_file: Path | None):
         self._file = cache_file
-        self._facts: dict[str, dict] = _read_json(cache_file) if cache_file else {}
+        self._facts: dict[str, dict] = read_json(cache_file) if cache_file else {}
 
     def get(self, path: Path, key: str):
         record = self._facts.get(str(path))
@@ -96,10 +88,7 @@ class FileFacts:
         if self._file is None:
             return
         try:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self._file.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self._facts, indent=1))
-            os.replace(temporary, self._file)
+            write_json(self._file, self._facts)
         except OSError:
             pass  # a cache: losing it costs time, not correctness
 
@@ -179,10 +168,9 @@ class ModelRegistry:
     def set_prediction(self, title: str, prediction: str | None) -> ModelEntry:
         """Remember the user's v-prediction ("v") or epsilon ("epsilon") choice for an SD 2.x model."""
         entry = self.find(title)
-        overrides = _read_json(self._overrides_file)
+        overrides = read_json(self._overrides_file)
         overrides.setdefault(entry.title, {})["prediction"] = prediction
-        self._overrides_file.parent.mkdir(parents=True, exist_ok=True)
-        self._overrides_file.write_text(json.dumps(overrides, indent=1))
+        write_json(self._overrides_file, overrides)
         self.refresh()
         return self.find(title)
 
@@ -205,7 +193,7 @@ class ModelRegistry:
             name=folder.name,
             path=folder,
             family=diffusers_family(folder),
-            demo=bool(_read_json(folder / "easel_demo.json").get("demo")),
+            demo=bool(read_json(folder / "easel_demo.json").get("demo")),
         )
 
     def _single_file_entry(self, path: Path, root: Path) -> ModelEntry:
@@ -218,7 +206,7 @@ class ModelRegistry:
             weights_family = self._weights_family(path)
         except UnreadableCheckpoint as unreadable:
             return replace(entry, problem=f"Easel cannot use '{title}': {unreadable.reason}")
-        override = _read_json(self._overrides_file).get(title, {}).get("prediction")
+        override = read_json(self._overrides_file).get(title, {}).get("prediction")
         detection = settle_prediction(weights_family, sidecar_prediction(path), override)
         return replace(entry, family=detection.family, family_source=detection.source)
 
