@@ -20,19 +20,36 @@ from app.generation.diffusion import run_batch
 from app.generation.previews import latent_preview
 from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
 from app.generation.requests import ONLY_MASKED, GenerationRequest
-from app.generation.upscale import UpscaleRequest, postprocess_parameters, upscaled
-from app.images.metadata import GenerationInfo, infotext, read_parameters
+from app.generation.diffusion import run_x4
+from app.generation.upscale import (
+    LANCZOS,
+    SD_X4_PREFIX,
+    X4_FACTOR,
+    UpscaleRequest,
+    lanczos,
+    output_size,
+    padded,
+    postprocess_parameters,
+)
+from app.images.tiles import tile_grid, tiled
+from app.images.metadata import GenerationInfo, infotext
 from app.images.store import OutputStore
 from app.images.watermark import apply_watermark
 from app.jobs import Job, JobQueue
-from app.errors import ModelNotFound
+from app.errors import EaselError, ModelNotFound
 from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
 from app.models.families import LABELS, SD1, watermark_key
 from app.models.manager import IMG2IMG, INPAINT, TXT2IMG, LoadedModel, ModelManager
+
+UPSCALE = "upscale"
 from app.models.registry import ModelEntry, ModelRegistry, VaeEntry
 from app.settings import Settings
 
 _CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images", INPAINT: "img2img-images"}
+
+
+class Interrupted(Exception):
+    """Raised from a step callback to stop a pipeline that has no interrupt flag (the x4 upscaler)."""
 
 
 @dataclass
@@ -82,15 +99,16 @@ class Engine:
         """Submit and wait: for scripts and tests."""
         return self.submit(request).wait(timeout)
 
-    def upscale(self, request: UpscaleRequest) -> GeneratedImage:
-        """A picture made larger, saved under extras-images with its parameters kept."""
-        # Read before validation: converting the picture may drop its PNG text.
-        source_parameters = read_parameters(request.image) if isinstance(request.image, Image.Image) else None
-        request = request.validated()
-        picture = upscaled(request)
-        parameters = postprocess_parameters(source_parameters, request)
-        path = self.store.save(picture, parameters, "extras-images", seed=None)
-        return GeneratedImage(image=picture, path=path, seed=-1, parameters=parameters)
+    def upscaler_names(self) -> list[str]:
+        return [LANCZOS, *(SD_X4_PREFIX + entry.title for entry in self.models.upscalers())]
+
+    def submit_upscale(self, request: UpscaleRequest, owner: str = "local") -> Job:
+        """Validate and queue an upscale; raises InvalidRequest at once for one that cannot run."""
+        return self._queue.submit(Job(request.validated(self.upscaler_names()), UPSCALE, owner))
+
+    def upscale(self, request: UpscaleRequest, timeout: float | None = None) -> GeneratedImage:
+        """Submit and wait: for scripts and tests."""
+        return self.submit_upscale(request).wait(timeout)
 
     def skip(self) -> None:
         """Finish the running job's current batch now and go on with its next one."""
@@ -149,7 +167,48 @@ class Engine:
 
     # --- one job ----------------------------------------------------------------------------
 
-    def _run(self, job: Job) -> GenerationResult:
+    def _run(self, job: Job):
+        if job.kind == UPSCALE:
+            return self._upscale(job)
+        return self._generate(job)
+
+    def _upscale(self, job: Job) -> GeneratedImage:
+        request: UpscaleRequest = job.request
+        size = output_size(request.image.size, request.scale)
+        if request.uses_model:
+            with self.models.use_upscaler(request.model_title) as pipe:
+                picture = lanczos(self._x4_upscaled(job, pipe), size)
+        else:
+            picture = lanczos(request.image, size)
+        parameters = postprocess_parameters(request)
+        path = self.store.save(picture, parameters, "extras-images", seed=None)
+        return GeneratedImage(image=picture, path=path, seed=request.seed, parameters=parameters)
+
+    def _x4_upscaled(self, job: Job, pipe) -> Image.Image:
+        """The SD x4 diffusion upscaler over the picture, tile by tile, one seed for every tile."""
+        request: UpscaleRequest = job.request
+        embeddings = encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt)
+        tiles = len(tile_grid(request.image.size, request.tile, request.overlap))
+        tiles_done = 0
+
+        def report(step: int, timestep, latents) -> None:
+            if job.cancelled:
+                raise Interrupted()
+            job.report(step=tiles_done * request.steps + step + 1, steps=tiles * request.steps)
+
+        def one_tile(tile: Image.Image) -> Image.Image:
+            nonlocal tiles_done
+            # The model needs sides that are multiples of 8: pad with the edge, crop the result.
+            result = run_x4(pipe, padded(tile, 8), request, embeddings, report)
+            tiles_done += 1
+            return result.crop((0, 0, tile.width * X4_FACTOR, tile.height * X4_FACTOR))
+
+        try:
+            return tiled(request.image, one_tile, X4_FACTOR, request.tile, request.overlap)
+        except Interrupted:
+            raise EaselError("The upscale was interrupted; nothing was saved.") from None
+
+    def _generate(self, job: Job) -> GenerationResult:
         request: GenerationRequest = job.request
         started = time.monotonic()
         notes: list[str] = []

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.engine import Engine
-from app.generation.upscale import LANCZOS, MAX_SCALE, UPSCALERS, UpscaleRequest
-from ui.runner import user_message
+from app.errors import EaselError
+from app.generation.upscale import LANCZOS, MAX_NOISE_LEVEL, MAX_SCALE, UpscaleRequest
+from ui.runner import POLL_SECONDS, user_message
 
 
 @dataclass
@@ -21,22 +22,56 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
             image = gr.Image(label="Picture", type="pil", image_mode=None, format="png", sources=("upload", "clipboard"),
                              height=400, elem_id="upscale-image")
             with gr.Row():
-                upscaler = gr.Dropdown(list(UPSCALERS), value=LANCZOS, label="Upscaler", elem_id="upscale-upscaler",
-                                       info="More upscalers (SD x4, ESRGAN) come in a later version")
+                upscaler = gr.Dropdown(
+                    engine.upscaler_names(), value=LANCZOS, label="Upscaler", elem_id="upscale-upscaler",
+                    info="SD x4 models from the models folder appear here (press Refresh list at the top)",
+                )
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Scale", elem_id="upscale-scale")
+            with gr.Accordion("SD x4 settings (diffusion upscaler)", open=False):
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="What the picture shows, to guide the details",
+                                    elem_id="upscale-prompt")
+                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="upscale-negative-prompt")
+                with gr.Row():
+                    noise = gr.Slider(0, MAX_NOISE_LEVEL, value=20, step=1, label="Noise level",
+                                      info="Higher invents more detail", elem_id="upscale-noise")
+                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="upscale-steps")
+                    cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale", elem_id="upscale-cfg")
+                    seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="upscale-seed")
             run = gr.Button("Upscale", variant="primary", elem_id="upscale-run")
         with gr.Column():
+            status = gr.Markdown("", elem_id="upscale-status")
             result = gr.Image(label="Result", format="png", interactive=False, height=400, elem_id="upscale-result")
             info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="upscale-info")
 
-    def upscale(picture, chosen: str, factor: float):
+    def upscale(picture, chosen, factor, prompt_text, negative_text, noise_level, step_count, guidance, seed_value,
+                progress=gr.Progress()):
         if picture is None:
             raise gr.Error("Upload a picture first (drop it on the Picture box).")
+        request = UpscaleRequest(
+            image=picture, scale=factor, upscaler=chosen, prompt=prompt_text, negative_prompt=negative_text,
+            noise_level=noise_level, steps=step_count, cfg_scale=guidance, seed=seed_value,
+        )
         try:
-            done = engine.upscale(UpscaleRequest(image=picture, scale=factor, upscaler=chosen))
+            job = engine.submit_upscale(request)
+        except EaselError as error:
+            raise gr.Error(error.message) from None
+        seen = -1
+        while not job.finished:
+            seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
+            if job.progress.steps:
+                progress(job.progress.fraction, desc=f"Step {job.progress.step}/{job.progress.steps}")
+                yield f"Upscaling: step {job.progress.step} of {job.progress.steps}", gr.skip(), gr.skip()
+        try:
+            done = job.wait()
         except Exception as error:
             raise gr.Error(user_message(error)) from None
-        return str(done.path), done.parameters
+        yield f"Done: {done.image.width}x{done.image.height}, saved as {done.path.name}.", str(done.path), done.parameters
 
-    run.click(upscale, inputs=[image, upscaler, scale], outputs=[result, info], api_name="upscale", concurrency_id="generate")
+    run.click(
+        upscale,
+        inputs=[image, upscaler, scale, prompt, negative, noise, steps, cfg, seed],
+        outputs=[status, result, info],
+        api_name="upscale",
+        concurrency_id="generate",
+    )
     return UpscaleTab(image)

@@ -98,3 +98,22 @@ def _vae_decode(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 def _pictures(pipe, pixels: torch.Tensor) -> list[Image.Image]:
     return pipe.image_processor.postprocess(pixels.float(), output_type="pil")
+
+
+def run_x4(pipe, image: Image.Image, request, embeddings: PromptEmbeddings, on_step) -> Image.Image:
+    """One picture (a tile) through the SD x4 upscaler: 4x its size. The upscaler pipeline still
+    takes diffusers' older `callback` argument; `on_step(step, timestep, latents)` may raise to stop."""
+    device = pipe._execution_device
+    with torch.no_grad():
+        return pipe(
+            prompt_embeds=embeddings.positive.to(device),
+            negative_prompt_embeds=embeddings.negative.to(device),
+            image=image,
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg_scale,
+            noise_level=request.noise_level,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            callback=on_step,
+            callback_steps=1,
+            output_type="pil",
+        ).images[0]

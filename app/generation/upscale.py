@@ -1,21 +1,29 @@
 """Upscaling a finished picture ("extras"), keeping its generation parameters.
 
-Lanczos is always there. The SD x4 diffusion upscaler and ESRGAN-family models plug in here as
-further upscalers (their own issue); the request, the metadata and the saving stay the same.
+Two kinds of upscaler: Lanczos (always there, instant) and the SD x4 diffusion upscaler (a model
+in the models folder, guided by a prompt, with a noise level). The diffusion upscaler works in
+overlapping tiles, so any picture fits the memory the device plan allows; a scale other than the
+model's 4 resizes afterwards. ESRGAN-family upscalers plug in here as a third kind (not yet).
 """
 
 import math
+import random
 from dataclasses import dataclass, replace
 
 from PIL import Image
 
 from app.errors import InvalidRequest
-from app.generation.requests import rgb_image
+from app.generation.requests import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, rgb_image
+from app.images.metadata import parameters_line, read_parameters
 
 LANCZOS = "Lanczos"
-UPSCALERS = (LANCZOS,)
+SD_X4_PREFIX = "SD x4: "      # + the checkpoint's title
 MAX_SCALE = 8.0
 MAX_OUTPUT_SIDE = 8192
+MAX_NOISE_LEVEL = 350
+X4_FACTOR = 4
+X4_TILE = 128                 # input pixels a side per tile: 512 out, what the model was trained at
+X4_OVERLAP = 32
 
 
 @dataclass
@@ -23,37 +31,92 @@ class UpscaleRequest:
     image: Image.Image
     scale: float = 4.0
     upscaler: str = LANCZOS
+    # The diffusion upscaler's own settings; Lanczos ignores them.
+    prompt: str = ""
+    negative_prompt: str = ""
+    noise_level: int = 20
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    tile: int = X4_TILE
+    overlap: int = X4_OVERLAP
+    source_parameters: str | None = None  # the picture's own infotext, read before it is converted
 
-    def validated(self) -> "UpscaleRequest":
+    @property
+    def uses_model(self) -> bool:
+        return self.upscaler.startswith(SD_X4_PREFIX)
+
+    @property
+    def model_title(self) -> str:
+        return self.upscaler[len(SD_X4_PREFIX):]
+
+    def validated(self, upscalers: list[str]) -> "UpscaleRequest":
+        # Read the parameters first: converting the picture may drop its PNG text.
+        source = read_parameters(self.image) if isinstance(self.image, Image.Image) else None
         image = rgb_image(self.image)
-        try:
-            scale = float(self.scale)
-        except (TypeError, ValueError, OverflowError):
-            raise InvalidRequest(f"The scale must be a number from 1 to {MAX_SCALE:g}.") from None
-        if not math.isfinite(scale) or not 1.0 <= scale <= MAX_SCALE:
-            raise InvalidRequest(f"The scale must be from 1 to {MAX_SCALE:g}; got {self.scale}.")
-        if self.upscaler not in UPSCALERS:
-            raise InvalidRequest(f"Unknown upscaler '{self.upscaler}'. Choose one of: {', '.join(UPSCALERS)}.")
+        scale = _number(self.scale, "The scale", 1.0, MAX_SCALE)
+        if self.upscaler not in upscalers:
+            raise InvalidRequest(f"Unknown upscaler '{self.upscaler}'. Choose one of: {', '.join(upscalers)}.")
         width, height = output_size(image.size, scale)
         if max(width, height) > MAX_OUTPUT_SIDE:
             raise InvalidRequest(
                 f"{image.width}x{image.height} scaled by {scale:g} would be {width}x{height}; the limit is "
                 f"{MAX_OUTPUT_SIDE} pixels a side. Choose a smaller scale."
             )
-        return replace(self, image=image, scale=scale)
+        for text, what in ((self.prompt, "prompt"), (self.negative_prompt, "negative prompt")):
+            if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+                raise InvalidRequest(f"The {what} must be text of at most {MAX_PROMPT_CHARS:,} characters.")
+        seed = int(_number(self.seed, "Seed", -1, MAX_SEED))
+        return replace(
+            self,
+            image=image,
+            source_parameters=self.source_parameters or source,
+            scale=scale,
+            noise_level=int(_number(self.noise_level, "Noise level", 0, MAX_NOISE_LEVEL)),
+            steps=int(_number(self.steps, "Steps", 1, MAX_STEPS)),
+            cfg_scale=_number(self.cfg_scale, "CFG scale", 0.0, 30.0),
+            seed=random.randrange(MAX_SEED + 1) if seed == -1 else seed,
+            tile=int(_number(self.tile, "Tile size", 32, 512)),
+            overlap=int(_number(self.overlap, "Tile overlap", 0, 128)),
+        )
+
+
+def _number(value, what: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRequest(f"{what} must be a number from {low:g} to {high:g}.") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidRequest(f"{what} must be from {low:g} to {high:g}; got {value}.")
+    return number
 
 
 def output_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def upscaled(request: UpscaleRequest) -> Image.Image:
-    return request.image.resize(output_size(request.image.size, request.scale), Image.LANCZOS)
+def lanczos(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image if image.size == size else image.resize(size, Image.LANCZOS)
 
 
-def postprocess_parameters(source_parameters: str | None, request: UpscaleRequest) -> str:
+def padded(image: Image.Image, multiple: int) -> Image.Image:
+    """The picture grown to a multiple of `multiple` a side by repeating its edge (cropped off later)."""
+    width, height = (-(-side // multiple) * multiple for side in image.size)
+    if (width, height) == image.size:
+        return image
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(image, (0, 0))
+    canvas.paste(image.crop((image.width - 1, 0, image.width, image.height)).resize((width - image.width, image.height)), (image.width, 0))
+    canvas.paste(canvas.crop((0, image.height - 1, width, image.height)).resize((width, height - image.height)), (0, image.height))
+    return canvas
+
+
+def postprocess_parameters(request: UpscaleRequest) -> str:
     """The source's A1111 infotext with A1111's postprocessing keys added to its last line."""
-    keys = f"Postprocess upscale by: {request.scale:g}, Postprocess upscaler: {request.upscaler}"
-    if not source_parameters:
+    keys = {"Postprocess upscale by": request.scale, "Postprocess upscaler": request.upscaler}
+    if request.uses_model:
+        keys.update({"Upscale noise level": request.noise_level, "Upscale steps": request.steps, "Upscale seed": request.seed})
+    keys = parameters_line(keys)  # quotes values such as "SD x4: name" as A1111 readers expect
+    if not request.source_parameters:
         return keys
-    return f"{source_parameters}, {keys}"
+    return f"{request.source_parameters}, {keys}"

@@ -47,6 +47,17 @@ class LoadedModel:
         return [self.base, *self.siblings.values()]
 
 
+def _release(loaded: "LoadedModel | None") -> None:
+    """Drop every reference a loaded model holds (hooks, siblings), then give the memory back."""
+    if loaded is None:
+        return
+    for pipe in loaded.pipelines():
+        pipe.remove_all_hooks()
+    loaded.siblings.clear()
+    del loaded
+    free_memory()
+
+
 def model_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
     """Roughly what the model takes in memory: files are often float16, float32 doubles that."""
     files = [entry.path] if entry.layout == SINGLE_FILE else entry.path.rglob("*.safetensors")
@@ -72,6 +83,7 @@ class ModelManager:
         self.plan = plan
         self.facts = facts or HardwareFacts()
         self._loaded: LoadedModel | None = None
+        self._upscaler: LoadedModel | None = None  # the SD x4 upscaler, beside the active checkpoint
         self._vae_choice: str | None = None  # title in models/VAE/, or None for the checkpoint's own
         # Held while a job runs and while loading, so a swap waits for the job in progress.
         self._lock = threading.RLock()
@@ -123,13 +135,33 @@ class ModelManager:
         """Release every module of the active checkpoint, its siblings included."""
         with self._lock:
             loaded, self._loaded = self._loaded, None
-            if loaded is None:
-                return
-            for pipe in loaded.pipelines():
-                pipe.remove_all_hooks()
-            loaded.siblings.clear()
-            del loaded, pipe
-            free_memory()
+            _release(loaded)
+
+    def unload_upscaler(self) -> None:
+        with self._lock:
+            loaded, self._upscaler = self._upscaler, None
+            _release(loaded)
+
+    def upscalers(self) -> list[ModelEntry]:
+        """The SD x4 upscaler checkpoints in the models folder."""
+        return [e for e in self.registry.entries if e.problem is None and e.family == families.X4_UPSCALER]
+
+    @contextmanager
+    def use_upscaler(self, title: str):
+        """Yields the loaded SD x4 upscaler pipeline for one job. The active checkpoint stays
+        loaded beside it when memory allows, and is released first when it does not."""
+        with self._lock:
+            entry = self.registry.find(title)
+            if entry.family != families.X4_UPSCALER:
+                raise InvalidRequest(f"'{entry.title}' is not an SD x4 upscaler model.")
+            if entry.problem:
+                raise ModelLoadError(entry.problem)
+            if self._upscaler is None or self._upscaler.entry.path != entry.path:
+                self.unload_upscaler()
+                if self._loaded and not load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
+                    self.unload()
+                self._upscaler = self._load(entry)
+            yield self._upscaler.base
 
     def degrade(self) -> str:
         """After running out of memory: one memory mode down, applied to the loaded model.
@@ -145,9 +177,10 @@ class ModelManager:
                 )
             self.plan = lower
             free_memory()
-            if self._loaded:
-                apply_plan(self._loaded.base, lower)
-                self._loaded.hooked = TXT2IMG
+            for loaded in (self._loaded, self._upscaler):
+                if loaded:
+                    apply_plan(loaded.base, lower)
+                    loaded.hooked = TXT2IMG
             return lower.description
 
     @property

@@ -34,6 +34,8 @@ def test_a_picture_without_parameters_gets_just_the_postprocess_keys(engine):
         ({"scale": float("nan")}, "from 1 to 8"),
         ({"scale": "big"}, "must be a number"),
         ({"upscaler": "Magic"}, "Unknown upscaler"),
+        ({"upscaler": "SD x4: nothing-here"}, "Unknown upscaler"),
+        ({"noise_level": 351}, "Noise level"),
         ({"image": Image.new("RGB", (3000, 10)), "scale": 4}, "limit is 8192"),
         ({"image": b"not an image"}, "could not be read"),
     ],

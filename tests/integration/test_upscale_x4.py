@@ -1,0 +1,91 @@
+"""The SD x4 diffusion upscaler (tiny model of the real architecture) through the engine:
+4x size, tiled equals untiled on one tile, parameters kept, seeds reproduce, memory-aware loading."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.engine import create_engine
+from app.errors import EaselError
+from app.generation.requests import GenerationRequest
+from app.generation.upscale import UpscaleRequest
+from app.images.metadata import parse_infotext, read_parameters
+from app.models import families
+from app.models.tiny import save_tiny_model
+from tests.conftest import CPU_ONLY, TINY_SD1, make_settings
+
+X4 = "tiny-x4"
+
+
+@pytest.fixture(scope="module")
+def models_with_upscaler(tiny_models_dir, tmp_path_factory):
+    """The shared tiny models plus a tiny x4 upscaler (diffusers folder), in a folder of its own."""
+    import shutil
+
+    models = tmp_path_factory.mktemp("x4-models")
+    shutil.copytree(tiny_models_dir / "Stable-diffusion", models / "Stable-diffusion")
+    save_tiny_model(models / "Stable-diffusion" / X4, families.X4_UPSCALER, seed=3)
+    return models
+
+
+@pytest.fixture
+def x4_engine(models_with_upscaler, tiny_configs_dir, tmp_path):
+    engine = create_engine(make_settings(tmp_path, models_with_upscaler, model_configs_dir=str(tiny_configs_dir)), CPU_ONLY)
+    yield engine
+    engine.close()
+
+
+def x4_request(image, **fields):
+    return UpscaleRequest(image=image, upscaler=f"SD x4: {X4}", **{"steps": 2, "seed": 5, **fields})
+
+
+def test_the_upscaler_is_offered_by_its_title(x4_engine):
+    assert x4_engine.upscaler_names() == ["Lanczos", f"SD x4: {X4}"]
+
+
+def test_sd_x4_makes_the_picture_four_times_larger_and_keeps_its_parameters(x4_engine):
+    (made,) = x4_engine.generate(GenerationRequest(prompt="a hut", steps=2, width=64, height=64, seed=8)).images
+    with Image.open(made.path) as source:
+        done = x4_engine.upscale(x4_request(source, prompt="a hut"))
+    with Image.open(done.path) as saved:
+        assert saved.size == (256, 256)
+        fields = parse_infotext(read_parameters(saved))
+    assert fields["Prompt"] == "a hut" and fields["Seed"] == "8"
+    assert fields["Postprocess upscaler"] == f"SD x4: {X4}" and fields["Upscale seed"] == "5"
+    # The base checkpoint stays loaded beside the upscaler when memory allows.
+    assert x4_engine.models.active.title == TINY_SD1
+
+
+def test_odd_sizes_are_padded_and_cropped_back_and_other_scales_resize(x4_engine):
+    done = x4_engine.upscale(x4_request(Image.new("RGB", (37, 21), (90, 30, 30)), scale=2))
+    assert done.image.size == (74, 42)
+
+
+def test_a_picture_that_fits_one_tile_gives_the_same_pixels_tiled_or_not(x4_engine):
+    picture = Image.effect_noise((48, 40), 60).convert("RGB")
+    small_tiles = x4_engine.upscale(x4_request(picture, tile=64, overlap=16)).image
+    one_tile = x4_engine.upscale(x4_request(picture, tile=128, overlap=16)).image
+    again = x4_engine.upscale(x4_request(picture, tile=128, overlap=16)).image
+    assert np.array_equal(np.asarray(one_tile), np.asarray(again))  # same seed, same pixels
+    assert np.array_equal(np.asarray(one_tile), np.asarray(small_tiles))  # 48x40 fits a 64 tile too
+
+
+def test_a_tiled_run_covers_the_picture_without_seams(x4_engine):
+    flat = Image.new("RGB", (96, 40), (120, 120, 120))
+    result = np.asarray(x4_engine.upscale(x4_request(flat, tile=48, overlap=16)).image, dtype=int)
+    assert result.shape == (160, 384, 3)
+    columns = result.mean(axis=(0, 2))
+    # The largest jump between neighbouring columns stays within the picture's own texture.
+    inner = np.abs(np.diff(columns))
+    assert inner.max() <= 4 * np.median(inner) + 8
+
+
+def test_interrupting_an_upscale_saves_nothing(x4_engine):
+    job = x4_engine.submit_upscale(x4_request(Image.new("RGB", (96, 96)), tile=32, overlap=8, steps=20))
+    seen = job.wait_for_change(-1, timeout=30)
+    while not job.progress.steps and not job.finished:
+        seen = job.wait_for_change(seen, timeout=30)
+    job.cancel()
+    with pytest.raises(EaselError, match="interrupted"):
+        job.wait(timeout=60)
+    assert not list((x4_engine.settings.outputs_dir / "extras-images").rglob("*.png"))
