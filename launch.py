@@ -13,13 +13,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import app  # noqa: E402,F401  first of ours: switches off hub lookups and analytics before anything imports them
-
 import argparse
 import logging
 import sys
 from pathlib import Path
 
+import app  # noqa: E402,F401  first of ours: switches off hub lookups and analytics before anything imports them
 from app.errors import EaselError
 
 

@@ -14,13 +14,13 @@ from PIL import Image
 
 from app import __version__
 from app.devices import DeviceOptions, DevicePlan, HardwareFacts, is_out_of_memory, plan_device, probe_hardware
+from app.errors import EaselError, ModelNotFound
 from app.generation import samplers
 from app.generation.canvas import prepared
-from app.generation.diffusion import run_batch
+from app.generation.diffusion import run_batch, run_x4
 from app.generation.previews import latent_preview
 from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
 from app.generation.requests import ONLY_MASKED, GenerationRequest
-from app.generation.diffusion import run_x4
 from app.generation.upscale import (
     LANCZOS,
     SD_X4_PREFIX,
@@ -31,12 +31,11 @@ from app.generation.upscale import (
     padded,
     postprocess_parameters,
 )
-from app.images.tiles import tile_grid, tiled
 from app.images.metadata import GenerationInfo, infotext
 from app.images.store import OutputStore
+from app.images.tiles import tile_grid, tiled
 from app.images.watermark import apply_watermark
 from app.jobs import Job, JobQueue
-from app.errors import EaselError, ModelNotFound
 from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
 from app.models.families import LABELS, SD1, watermark_key
 from app.models.manager import IMG2IMG, INPAINT, TXT2IMG, LoadedModel, ModelManager

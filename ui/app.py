@@ -6,9 +6,10 @@ from PIL import Image
 from app.engine import Engine
 from app.preferences import Preferences
 from ui.header import build_header
-from ui.img2img import INPAINT, SKETCH, UPLOAD, Img2ImgTab, build_img2img_tab, editor_value
 from ui.history import build_history_tab
+from ui.img2img import INPAINT, SKETCH, UPLOAD, Img2ImgTab, build_img2img_tab, editor_value
 from ui.pnginfo import PngInfoTab, build_pnginfo_tab
+from ui.runner import page_error
 from ui.txt2img import build_txt2img_tab
 from ui.upscale import UpscaleTab, build_upscale_tab
 from ui.widgets import FIELDS, GenerationControls, ResultsPanel
@@ -53,7 +54,7 @@ def build_ui(engine: Engine, preferences: Preferences | None = None) -> gr.Block
 
 def _picture(paths: list[str], selected: int) -> Image.Image:
     if not paths:
-        raise gr.Error("Generate a picture first, then send it.")
+        raise page_error("Generate a picture first, then send it.")
     with Image.open(paths[selected if 0 <= selected < len(paths) else 0]) as image:
         return image.convert("RGB")
 
@@ -78,7 +79,7 @@ def wire_send_to_img2img(results: ResultsPanel, img2img: Img2ImgTab, tabs: gr.Ta
 def wire_send_to_upscale(results: ResultsPanel, upscale: UpscaleTab, tabs: gr.Tabs) -> None:
     def send(paths: list[str], selected: int):
         if not paths:
-            raise gr.Error("Generate a picture first, then send it.")
+            raise page_error("Generate a picture first, then send it.")
         # The saved file, not a copy: its parameters text must reach the upscaler.
         return paths[selected if 0 <= selected < len(paths) else 0], gr.Tabs(selected=UPSCALE_TAB)
 
@@ -100,7 +101,7 @@ def wire_pnginfo(pnginfo: PngInfoTab, txt2img: GenerationControls, img2img: Img2
 
     def to_img2img(picture, fields: dict):
         if picture is None:
-            raise gr.Error("Drop a picture on PNG info first.")
+            raise page_error("Drop a picture on PNG info first.")
         strength = (fields or {}).get("strength", gr.skip())
         return (
             *_control_updates(fields or {}), picture, strength,

@@ -8,7 +8,7 @@ from app.engine import Engine
 from app.models import families
 from app.models.download import DownloadProgress
 from app.models.registry import ModelEntry
-from ui.runner import user_message
+from ui.runner import page_error, user_message
 
 AUTOMATIC_VAE = "Automatic"
 PREDICTIONS = {"v-prediction (SD 2.x 768)": "v", "epsilon (SD 2.x base 512)": "epsilon"}
@@ -110,7 +110,7 @@ def build_header(engine: Engine) -> None:
             try:
                 engine.models.load(title)
             except Exception as error:
-                raise gr.Error(user_message(error)) from None
+                raise page_error(user_message(error)) from None
         return model_status(engine), gr.update(**_prediction_state(engine))
 
     def rescan():
@@ -127,7 +127,7 @@ def build_header(engine: Engine) -> None:
         try:
             engine.models.select_vae(None if title in (None, AUTOMATIC_VAE) else title)
         except Exception as error:
-            raise gr.Error(user_message(error)) from None
+            raise page_error(user_message(error)) from None
         return model_status(engine)
 
     def set_prediction(label: str | None):
@@ -138,7 +138,7 @@ def build_header(engine: Engine) -> None:
             entry = engine.models.registry.set_prediction(active.title, PREDICTIONS[label])
             engine.models.load(entry.title)
         except Exception as error:
-            raise gr.Error(user_message(error)) from None
+            raise page_error(user_message(error)) from None
         return model_status(engine)
 
     def download(catalog_id: str, progress=gr.Progress()):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from app.engine import Engine
 from app.images.metadata import read_parameters
+from ui.runner import page_error
 
 HISTORY_LIMIT = 60
 ALL = "all"
@@ -49,7 +50,7 @@ def build_history_tab(engine: Engine) -> gr.Gallery:
     def show_list(chosen: str):
         found, line, readable = _listing(engine, chosen)
         if not readable:
-            raise gr.Error(line)
+            raise page_error(line)
         return found, [path for path, _ in found], line, "", ""
 
     def show_selected(shown: list[str], event: gr.SelectData):

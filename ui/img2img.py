@@ -120,15 +120,15 @@ def _picture_and_mask(mode: str, uploaded, drawn: dict | None, painted: dict | N
     """The init picture (and mask) of the chosen mode, or a sentence saying what is missing."""
     if mode == SKETCH:
         if not drawn or drawn.get("composite") is None:
-            raise gr.Error("Draw something on the sketch canvas first.")
+            raise runner.page_error("Draw something on the sketch canvas first.")
         return drawn["composite"], None
     if mode == INPAINT:
         if not painted or painted.get("background") is None:
-            raise gr.Error("Upload the picture to inpaint first, then paint over the part to change.")
+            raise runner.page_error("Upload the picture to inpaint first, then paint over the part to change.")
         layers = [layer for layer in painted.get("layers") or [] if layer is not None]
         if not layers:
-            raise gr.Error("Paint over the part of the picture that should change (the brush), then generate.")
+            raise runner.page_error("Paint over the part of the picture that should change (the brush), then generate.")
         return painted["background"], mask_from_layer(layers[0])
     if uploaded is None:
-        raise gr.Error("Upload a picture first (drop it on the Init image box).")
+        raise runner.page_error("Upload a picture first (drop it on the Init image box).")
     return uploaded, None

@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 
 
+def page_error(message: str) -> gr.Error:
+    """An error shown in the page. A user's mistake is not a crash: no traceback in the terminal."""
+    return gr.Error(message, print_exception=False)
+
+
 def user_message(error: BaseException) -> str:
     """What the page says about an error: ours say what to do; anything else is a bug we own up to."""
     if isinstance(error, EaselError):
@@ -56,7 +61,7 @@ def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
     try:
         job = engine.submit(request)
     except EaselError as error:
-        raise gr.Error(error.message) from None
+        raise page_error(error.message) from None
     seen = -1
     while not job.finished:
         seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
@@ -72,7 +77,7 @@ def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
             log.exception("Generation failed")
         message = user_message(error)
         yield None, gr.skip(), gr.update(visible=False), f"**Could not generate.** {message}", *unchanged, gr.skip()
-        raise gr.Error(message) from None
+        raise page_error(message) from None
     if result is None:  # cancelled before it started
         yield None, gr.skip(), gr.update(visible=False), "Cancelled before it started.", *unchanged, gr.skip()
         return

@@ -7,7 +7,7 @@ import gradio as gr
 from app.engine import Engine
 from app.errors import EaselError
 from app.generation.upscale import LANCZOS, MAX_NOISE_LEVEL, MAX_SCALE, UpscaleRequest
-from ui.runner import POLL_SECONDS, user_message
+from ui.runner import POLL_SECONDS, page_error, user_message
 
 
 @dataclass
@@ -46,7 +46,7 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
     def upscale(picture, chosen, factor, prompt_text, negative_text, noise_level, step_count, guidance, seed_value,
                 progress=gr.Progress()):
         if picture is None:
-            raise gr.Error("Upload a picture first (drop it on the Picture box).")
+            raise page_error("Upload a picture first (drop it on the Picture box).")
         request = UpscaleRequest(
             image=picture, scale=factor, upscaler=chosen, prompt=prompt_text, negative_prompt=negative_text,
             noise_level=noise_level, steps=step_count, cfg_scale=guidance, seed=seed_value,
@@ -54,7 +54,7 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
         try:
             job = engine.submit_upscale(request)
         except EaselError as error:
-            raise gr.Error(error.message) from None
+            raise page_error(error.message) from None
         seen = -1
         while not job.finished:
             seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
@@ -64,7 +64,7 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
         try:
             done = job.wait()
         except Exception as error:
-            raise gr.Error(user_message(error)) from None
+            raise page_error(user_message(error)) from None
         yield f"Done: {done.image.width}x{done.image.height}, saved as {done.path.name}.", str(done.path), done.parameters
 
     run.click(

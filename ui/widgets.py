@@ -169,7 +169,7 @@ def wire_reuse_seed(controls: GenerationControls, results: ResultsPanel) -> None
 
     def last_seed(seeds: list[int], selected: int):
         if not seeds:
-            raise gr.Error("Generate something first: there is no seed to reuse yet.")
+            raise runner.page_error("Generate something first: there is no seed to reuse yet.")
         return seeds[selected if 0 <= selected < len(seeds) else 0]
 
     controls.reuse_seed.click(

@@ -7,9 +7,9 @@ leaves the previous model working. Out of memory during a job steps the device p
 """
 
 import threading
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline

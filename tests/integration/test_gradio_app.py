@@ -1,15 +1,14 @@
 """The web UI, served for real, driven through gradio_client as a remote user would."""
 
-import shutil
 import urllib.request
 
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from app.engine import create_engine
 from app.images.metadata import parse_infotext, read_parameters
 from tests.conftest import CPU_ONLY, make_settings
-from app.engine import create_engine
 from ui.app import build_ui
 from ui.server import serve
 

@@ -13,7 +13,9 @@ from app.generation.infotext import png_info, request_fields
 from app.generation.requests import GenerationRequest
 from app.images.metadata import png_pnginfo
 from app.images.watermark import apply_watermark
-from ui.history import GONE, NO_PARAMETERS as HISTORY_NO_PARAMETERS, build_history_tab, history_items, selected_parameters
+from tests.conftest import CPU_ONLY, TINY_SD1, make_settings
+from ui.history import GONE, build_history_tab, history_items, selected_parameters
+from ui.history import NO_PARAMETERS as HISTORY_NO_PARAMETERS
 from ui.pnginfo import (
     INTRO,
     NO_PARAMETERS,
@@ -23,7 +25,6 @@ from ui.pnginfo import (
     build_pnginfo_tab,
     pnginfo_outputs,
 )
-from tests.conftest import CPU_ONLY, TINY_SD1, make_settings
 
 TIMEOUT = 60.0
 

@@ -1,6 +1,7 @@
+from PIL import Image
+
 from app.generation.requests import GenerationRequest
 from app.images.metadata import read_parameters
-from PIL import Image
 
 
 def test_txt2img_writes_png_with_parameters(engine):

@@ -24,9 +24,9 @@ from app.devices import free_memory
 from app.engine import create_engine
 from app.generation.requests import GenerationRequest
 from app.models import families
+from app.models import manager as manager_module
 from app.models.convert import save_single_file, vae_to_ldm
 from app.models.loader import CONFIG_FOLDERS
-from app.models import manager as manager_module
 from app.models.manager import IMG2IMG, INPAINT
 from app.models.tiny import tokenizer_for
 from tests.conftest import CPU_ONLY, make_settings

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from app.errors import ModelLoadError, ModelNotFound
