@@ -116,6 +116,7 @@ class TileTiming:
     first_step: float       # preprocessing, noise, the first UNet step (batch of 2 with CFG)
     later_steps: list[float]
     decode: float           # VAE decode and conversion to a picture
+    end: float              # seconds from the job's start to this tile's end
 
     @property
     def total(self) -> float:
@@ -146,7 +147,7 @@ class TileClock:
             result = original(pipe, image, request, embeddings, step)
             end = time.monotonic()
             steps = [b - a for a, b in zip(marks, marks[1:])]
-            self.tiles.append(TileTiming(image.size, steps[0], steps[1:], end - marks[-1]))
+            self.tiles.append(TileTiming(image.size, steps[0], steps[1:], end - marks[-1], end - self.started))
             tile = self.tiles[-1]
             print(
                 f"    tile {len(self.tiles)}/{self.expected or '?'} {image.width}x{image.height}: "
@@ -320,12 +321,19 @@ def extrapolated_tile(tiles: list[TileTiming], steps: int) -> float:
         t.decode for t in tiles)
 
 
+def overhead_s(run: Run, fallback: float) -> float:
+    """Job time outside the tiles: prompt encoding, blending, the PNG write, the queue. A stopped
+    run has no end, so the one-tile run's figure stands in for it."""
+    return run.seconds - sum(t.total for t in run.tiles) if run.complete else fallback
+
+
 def report(out: dict, args) -> str:
     gib = lambda n: f"{n / GIB:.2f}"  # noqa: E731
     lines = [
         f"- model: `{FILE_NAME}`, {out['file_bytes'] / GIB:.2f} GiB float16 file, "
-        f"{out['estimate'] / GIB:.2f} GiB in float32 (manager's estimate); torch threads: {out['threads']}",
-        f"- A1111 hash (first run only, cached after): {out['hash_s']:.1f} s; load: {out['load_s']:.1f} s, "
+        f"{out['estimate'] / GIB:.2f} GiB in float32 (manager's estimate); torch threads: {out['threads']}; "
+        f"CFG 7 (UNet batch of 2), noise level 20",
+        f"- A1111 hash (cached on disk after the first run): {out['hash_s']:.1f} s; load: {out['load_s']:.1f} s, "
         f"VmRSS {gib(out['baseline']['VmRSS'])} -> {gib(out['loaded']['VmRSS'])} GiB, load peak "
         f"{gib(out['load_peak'][0])} GiB (anon {gib(out['load_peak'][1])} / mapped file {gib(out['load_peak'][2])})",
         "",
@@ -334,36 +342,48 @@ def report(out: dict, args) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = [out["one_tile"]] + ([out["full"]] if "full" in out else [])
+    one_overhead = overhead_s(out["one_tile"], 0.0)
     for r in runs:
         later = [s for t in r.tiles for s in t.later_steps]
+        tiles = f"{len(r.tiles)}" if r.complete else f"{len(r.tiles)} of {r.expected} (stopped)"
         lines.append(
             f"| {r.name}: {r.input_size[0]}x{r.input_size[1]} -> {r.output_size[0]}x{r.output_size[1]} "
-            f"| {len(r.tiles)} | {args.steps} | {r.seconds:.1f} | {statistics.mean(t.total for t in r.tiles):.1f} "
+            f"| {tiles} | {args.steps} | {r.seconds:.1f} | {statistics.mean(t.total for t in r.tiles):.1f} "
             f"| {statistics.mean(t.first_step for t in r.tiles):.1f} "
             f"| {statistics.mean(later) if later else float('nan'):.1f} "
-            f"| {statistics.mean(t.decode for t in r.tiles):.1f} | {len(r.tiles) / r.seconds:.4f} "
+            f"| {statistics.mean(t.decode for t in r.tiles):.1f} | {len(r.tiles) / r.tiles[-1].end:.4f} "
             f"| {gib(r.peak)} ({gib(r.peak_anon)} / {gib(r.peak_file)}) | {gib(r.rss_before)} -> {gib(r.rss_after)} |"
         )
-    lines.append("")
+    lines += ["", "tiles/s: tiles done / seconds from the job's start to the last tile's end.", ""]
+    projected = {}
     for r in runs:
-        tiles = len(r.tiles)
-        overhead = r.seconds - sum(t.total for t in r.tiles)  # prompt encoding, blending, PNG, queue
+        overhead = overhead_s(r, one_overhead)
         tile20 = extrapolated_tile(r.tiles, EXTRAPOLATE_STEPS)
-        total20 = tiles * tile20 + overhead
-        lines.append(
-            f"- {r.name}: outside the tiles (prompt encoding, blending, PNG write) {overhead:.1f} s; "
-            f"tile times {min(t.total for t in r.tiles):.1f}-{max(t.total for t in r.tiles):.1f} s; "
-            f"**extrapolated** to {EXTRAPOLATE_STEPS} steps: {tile20:.0f} s/tile, {total20:.0f} s "
-            f"({total20 / 60:.1f} min) in all, {tiles / total20:.4f} tiles/s"
+        total20 = r.expected * tile20 + overhead
+        projected[r.name] = (r.expected * statistics.mean(t.total for t in r.tiles) + overhead, total20)
+        line = (
+            f"- {r.name}: outside the tiles (prompt encoding, blending, PNG write) {overhead:.1f} s"
+            f"{'' if r.complete else ' (from the one-tile run)'}; tile times "
+            f"{min(t.total for t in r.tiles):.1f}-{max(t.total for t in r.tiles):.1f} s; "
         )
-    full = out.get("full")
+        if not r.complete:
+            line += (f"**extrapolated** to all {r.expected} tiles at {args.steps} steps: "
+                     f"{projected[r.name][0]:.0f} s ({projected[r.name][0] / 60:.1f} min); ")
+        line += (f"**extrapolated** to {EXTRAPOLATE_STEPS} steps (first step + {EXTRAPOLATE_STEPS - 1} x mean later "
+                 f"step + decode per tile): {tile20:.0f} s/tile, {total20:.0f} s ({total20 / 60:.1f} min) for "
+                 f"{r.expected} tile(s), {r.expected / total20:.4f} tiles/s")
+        lines.append(line)
     lanczos_line = (f"- Lanczos {args.size} -> {4 * args.size}: {out['lanczos_s'] * 1000:.0f} ms (PIL resize), "
                     f"{out['lanczos_engine_s']:.2f} s through the engine (resize + PNG write)")
+    full = out.get("full")
     if full:
-        lanczos_line += (f"; SD x4 / Lanczos through the engine: {full.seconds / out['lanczos_engine_s']:,.0f}x "
-                         f"at {args.steps} steps, "
-                         f"{(len(full.tiles) * extrapolated_tile(full.tiles, EXTRAPOLATE_STEPS) + full.seconds - sum(t.total for t in full.tiles)) / out['lanczos_engine_s']:,.0f}x "
-                         f"at {EXTRAPOLATE_STEPS} (extrapolated)")
+        measured = full.seconds if full.complete else projected[full.name][0]
+        lanczos_line += (
+            f"; SD x4 / Lanczos through the engine: {measured / out['lanczos_engine_s']:,.0f}x at {args.steps} steps"
+            f"{'' if full.complete else ' (extrapolated)'}, "
+            f"{projected[full.name][1] / out['lanczos_engine_s']:,.0f}x at {EXTRAPOLATE_STEPS} (extrapolated); "
+            f"vs the PIL resize alone {measured / out['lanczos_s']:,.0f}x"
+        )
     lines += [
         lanczos_line,
         f"- VmRSS after `engine.close()`: {gib(out['closed']['VmRSS'])} GiB",
@@ -380,6 +400,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="input picture side in px (default 512 -> 2048)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--one-tile-only", action="store_true", help="only the one-tile run and Lanczos")
+    parser.add_argument("--time-limit", type=float, default=0,
+                        help="stop the full run after this many seconds (engine interrupt) and extrapolate "
+                             "from the tiles done (default: no limit)")
     parser.add_argument("--rebuild", action="store_true", help="build the model file again")
     parser.add_argument("--build-one", nargs=2, metavar=("PATH", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
