@@ -163,6 +163,7 @@ class Engine:
     def close(self) -> None:
         self._queue.close()
         self.models.unload()
+        self.models.unload_upscaler()
 
     # --- one job ----------------------------------------------------------------------------
 

@@ -89,3 +89,14 @@ def test_interrupting_an_upscale_saves_nothing(x4_engine):
     with pytest.raises(EaselError, match="interrupted"):
         job.wait(timeout=60)
     assert not list((x4_engine.settings.outputs_dir / "extras-images").rglob("*.png"))
+
+
+def test_closing_the_engine_releases_the_upscaler(x4_engine):
+    import weakref
+
+    x4_engine.upscale(x4_request(Image.new("RGB", (32, 32))))
+    with x4_engine.models.use_upscaler(X4) as pipe:
+        unet = weakref.ref(pipe.unet)
+    del pipe
+    x4_engine.close()
+    assert unet() is None
