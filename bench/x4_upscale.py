@@ -321,6 +321,10 @@ def extrapolated_tile(tiles: list[TileTiming], steps: int) -> float:
         t.decode for t in tiles)
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def overhead_s(run: Run, fallback: float) -> float:
     """Job time outside the tiles: prompt encoding, blending, the PNG write, the queue. A stopped
     run has no end, so the one-tile run's figure stands in for it."""
@@ -368,9 +372,9 @@ def report(out: dict, args) -> str:
         )
         if not r.complete:
             line += (f"**extrapolated** to all {r.expected} tiles at {args.steps} steps: "
-                     f"{projected[r.name][0]:.0f} s ({projected[r.name][0] / 60:.1f} min); ")
+                     f"{projected[r.name][0]:.0f} s ({duration(projected[r.name][0])}); ")
         line += (f"**extrapolated** to {EXTRAPOLATE_STEPS} steps (first step + {EXTRAPOLATE_STEPS - 1} x mean later "
-                 f"step + decode per tile): {tile20:.0f} s/tile, {total20:.0f} s ({total20 / 60:.1f} min) for "
+                 f"step + decode per tile): {tile20:.0f} s/tile, {total20:.0f} s ({duration(total20)}) for "
                  f"{r.expected} tile(s), {r.expected / total20:.4f} tiles/s")
         lines.append(line)
     lanczos_line = (f"- Lanczos {args.size} -> {4 * args.size}: {out['lanczos_s'] * 1000:.0f} ms (PIL resize), "
