@@ -10,7 +10,7 @@ the way Easel does: a real registry, ModelManager and Engine on the CPU in float
 px -> 512 output px, overlap 32), noise level 20 and CFG 7 (so every UNet step runs a batch of 2).
 
     .venv/bin/python bench/x4_upscale.py [--workdir DIR] [--steps N] [--size PX] [--threads N]
-                                         [--one-tile-only] [--rebuild]
+                                         [--one-tile-only] [--time-limit S] [--rebuild]
 
 Steps, in order: build the model (once, in a child process; kept in the workdir), hash it (A1111
 short hash, cached on disk after the first run), load it (timed), then
@@ -19,11 +19,14 @@ short hash, cached on disk after the first run), load it (timed), then
 2. Lanczos 512 -> 2048 (PIL, and through the engine, which also writes the PNG);
 3. the full run: 512x512 -> 2048x2048, 25 tiles, each tile's time printed as it finishes.
 Each tile is timed by wrapping the engine's `run_x4` (first step, later steps, decode), so the
-figures split into per step and per tile. --steps defaults to 2 (a full-size x4 UNet step on a
-128x128 latent takes seconds on 2 cores); the 20-step figures are extrapolated from the
-measured per-step and per-tile costs, and labelled as such. Peak memory is VmHWM (reset before
-each phase with clear_refs) plus sampled RssAnon/RssFile peaks; "after" is VmRSS after gc and
-malloc_trim. Results go to stdout and <workdir>/results.md.
+figures split into per step and per tile. --steps defaults to 2: on 2 CPU cores a full-size x4
+UNet step on a 128x128 latent (batch of 2) takes ~36 s and a tile's VAE decode ~50 s, so the
+default 512 -> 2048 run takes ~55 min (twice that with other work on the machine);
+--one-tile-only stops after step 2 (~2-4 min), and --time-limit S stops the full run after S
+seconds with the engine's interrupt and extrapolates from the tiles done. The 20-step figures
+are extrapolated from the measured per-step and per-tile costs, and labelled as such. Peak
+memory is VmHWM (reset before each phase with clear_refs) plus sampled RssAnon/RssFile peaks;
+"after" is VmRSS after gc and malloc_trim. Results go to stdout and <workdir>/results.md.
 """
 
 from __future__ import annotations
