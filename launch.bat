@@ -20,15 +20,15 @@ if not exist .venv\Scripts\python.exe (
 )
 
 if exist .venv\.easel-installed goto :run
-.venv\Scripts\python.exe -c "import torch" >nul 2>nul
+.venv\Scripts\python.exe -c "import torch, torchvision" >nul 2>nul
 if not errorlevel 1 goto :packages
 nvidia-smi -L >nul 2>nul
 if errorlevel 1 (
   echo Easel: no NVIDIA GPU found: installing the CPU build of PyTorch...
-  .venv\Scripts\python.exe -m pip install --quiet "torch>=2.4,<2.14" || goto :failed
+  .venv\Scripts\python.exe -m pip install --quiet "torch>=2.4,<2.15" "torchvision>=0.19,<0.30" || goto :failed
 ) else (
   echo Easel: NVIDIA GPU found: installing PyTorch with CUDA ^(a large download, once^)...
-  .venv\Scripts\python.exe -m pip install --quiet "torch>=2.4,<2.14" --index-url %EASEL_CUDA_TORCH_INDEX% || goto :failed
+  .venv\Scripts\python.exe -m pip install --quiet "torch>=2.4,<2.15" "torchvision>=0.19,<0.30" --index-url %EASEL_CUDA_TORCH_INDEX% || goto :failed
 )
 :packages
 echo Easel: installing Easel's packages...

@@ -35,12 +35,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-half", action="store_true", help="float32 on the GPU too (if your card makes black images)")
     parser.add_argument("--demo", action="store_true", help="add a tiny random model (draws noise) to try the app")
     parser.add_argument("--no-watermark", action="store_true", help="do not add the invisible watermark")
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="any setting of configs/defaults.yaml, e.g. --set queue_size=20 (repeatable)")
+    sharing = parser.add_argument_group("sharing on the network")
+    sharing.add_argument("--auth", metavar="USER:PASS[,USER2:PASS2]", help="who may sign in (page and API)")
+    sharing.add_argument("--auth-file", type=Path, metavar="FILE",
+                         help="a file with one user:password per line (passwords may be hashed: --hash-password)")
+    sharing.add_argument("--api-auth", metavar="USER:PASS[,...]", help="other credentials for the HTTP API only")
+    sharing.add_argument("--insecure", action="store_true",
+                         help="with --listen, let anyone on the network in without a password")
+    sharing.add_argument("--hash-password", action="store_true",
+                         help="print a hashed password for --auth-file (asks for the password), then exit")
     return parser.parse_args(argv)
 
 
 def settings_overrides(args: argparse.Namespace) -> dict:
     """Flags given on the command line; paths relative to where the user typed the command."""
-    return {
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EaselError(f"--set {item}: write it as setting=value, e.g. --set queue_size=20.")
+        extra[key.strip()] = value
+    flags = {
         "models_dir": str(args.models_dir.resolve()) if args.models_dir else None,
         "outputs_dir": str(args.outputs_dir.resolve()) if args.outputs_dir else None,
         "port": args.port,
@@ -52,7 +69,12 @@ def settings_overrides(args: argparse.Namespace) -> dict:
         "no_half": True if args.no_half else None,
         "demo": True if args.demo else None,
         "watermark": False if args.no_watermark else None,
+        "auth": args.auth,
+        "auth_file": str(args.auth_file.resolve()) if args.auth_file else None,
+        "api_auth": args.api_auth,
+        "insecure": True if args.insecure else None,
     }
+    return {**extra, **{key: value for key, value in flags.items() if value is not None}}
 
 
 def offer_download(engine) -> None:
@@ -98,22 +120,41 @@ def preload_model(engine) -> None:
         print(error.message, file=sys.stderr)
 
 
+def print_password_hash() -> int:
+    import getpass
+
+    from app.auth import hash_password
+
+    password = getpass.getpass("Password to hash: ")
+    if not password:
+        print("No password given; nothing printed.", file=sys.stderr)
+        return 1
+    print(f"Put this line in your --auth-file (change 'name'):\nname:{hash_password(password)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.hash_password:
+        return print_password_hash()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
 
+    from app.auth import server_access
     from app.engine import create_engine
     from app.preferences import Preferences
     from app.settings import load_settings
     from ui.app import build_ui
-    from ui.server import serve
+    from ui.server import lan_urls, serve
 
     try:
         settings = load_settings(settings_overrides(args))
+        listening = settings.host not in ("127.0.0.1", "localhost", "::1")
+        access = server_access(listening, settings.auth, settings.auth_file, settings.api_auth, settings.insecure,
+                               settings.access_file)
         engine = create_engine(settings)
     except EaselError as error:
         print(f"Easel could not start: {error.message}", file=sys.stderr)
@@ -121,8 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     print(engine.plan.description)
     preload_model(engine)
     preferences = Preferences(settings.preferences_file)
-    _, local_url = serve(build_ui(engine, preferences), settings, block=False)
-    print(f"Easel is running at {local_url}  (press Ctrl+C to stop)")
+    addresses = lan_urls(settings.host, settings.port)
+    try:
+        server = serve(build_ui(engine, preferences, addresses), engine, settings, access)
+    except OSError as error:
+        print(f"Easel could not start: {error}", file=sys.stderr)
+        engine.close()
+        return 2
+    print(f"Easel is running at {server.url}  (press Ctrl+C to stop)")
+    for url in server.lan_urls:
+        print(f"Other computers on your network: {url}")
+    if access.notice:
+        print(access.notice)
     try:
         import threading
 
@@ -130,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Stopping Easel.")
     finally:
+        server.close()
         engine.close()
     return 0
 

@@ -9,8 +9,9 @@ cd "$(dirname "$0")"
 VENV=.venv
 STAMP="$VENV/.easel-installed"
 CPU_TORCH_INDEX="${EASEL_CPU_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
-TORCH_CPU_PIN="torch==2.13.0"
-TORCH_RANGE="torch>=2.4,<2.14"
+# torchvision must be the build made for the installed torch (spandrel imports it): always install the pair.
+TORCH_CPU_PIN=(torch==2.14.1 torchvision==0.29.1)
+TORCH_RANGE=("torch>=2.4,<2.15" "torchvision>=0.19,<0.30")
 
 setup_only=0
 extras=""
@@ -39,26 +40,31 @@ find_python() {
 
 has_nvidia_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
+torch_works() { "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; }
+
 install_torch() {
   local pip=("$VENV/bin/python" -m pip install --quiet)
-  if "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then return 0; fi
+  if torch_works; then return 0; fi
   if [ "$(uname -s)" = "Darwin" ]; then
     say "installing PyTorch (Apple build)…"
-    "${pip[@]}" "$TORCH_RANGE"
+    "${pip[@]}" "${TORCH_RANGE[@]}"
   elif has_nvidia_gpu; then
     say "NVIDIA GPU found: installing PyTorch with CUDA (a large download, once)…"
-    "${pip[@]}" "$TORCH_RANGE"
+    "${pip[@]}" "${TORCH_RANGE[@]}"
   else
     say "no NVIDIA GPU found: installing the CPU build of PyTorch…"
-    # The CPU index has the small build; PyPI's Linux wheel bundles CUDA (several GB).
-    "${pip[@]}" --retries 1 --timeout 30 --index-url "$CPU_TORCH_INDEX" "$TORCH_CPU_PIN" 2>/dev/null ||
-      "${pip[@]}" "$TORCH_CPU_PIN"
+    # The CPU index has the small build. PyPI's Linux wheels bundle CUDA (several GB, but they run
+    # on the CPU too): the pinned pair from PyPI is the fallback when that index cannot be reached,
+    # or when what it gave does not import (a torchvision built for another torch).
+    "${pip[@]}" --retries 1 --timeout 30 --index-url "$CPU_TORCH_INDEX" "${TORCH_RANGE[@]}" 2>/dev/null || true
+    torch_works || "${pip[@]}" "${TORCH_CPU_PIN[@]}"
   fi
+  torch_works
 }
 
-# The stamp records what was installed: pyproject's content and whether the test extras came too,
+# The stamp records what was installed: pyproject's content, the torch pins, and whether the test extras came too,
 # so a launch after the tests does not reinstall, and a change to pyproject does.
-deps_fingerprint() { cksum < pyproject.toml; }
+deps_fingerprint() { { cat pyproject.toml; echo "${TORCH_CPU_PIN[*]} ${TORCH_RANGE[*]}"; } | cksum; }
 installed_enough() {
   [ -f "$STAMP" ] || return 1
   [ "$(head -n 1 "$STAMP")" = "$(deps_fingerprint)" ] || return 1

@@ -18,33 +18,47 @@ from app.errors import EaselError, ModelNotFound
 from app.generation import samplers
 from app.generation.canvas import prepared
 from app.generation.diffusion import run_batch, run_x4
+from app.generation.networks import network_upscaled
 from app.generation.previews import latent_preview
 from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
 from app.generation.requests import ONLY_MASKED, GenerationRequest
 from app.generation.upscale import (
-    LANCZOS,
+    RESAMPLERS,
     SD_X4_PREFIX,
     X4_FACTOR,
     UpscaleRequest,
     lanczos,
+    network_pass_sizes,
     output_size,
     padded,
     postprocess_parameters,
+    resampled,
 )
 from app.images.metadata import GenerationInfo, infotext
 from app.images.store import OutputStore
 from app.images.tiles import tile_grid, tiled
 from app.images.watermark import apply_watermark
-from app.jobs import Job, JobQueue
+from app.jobs import UNFINISHED, Job, JobQueue
 from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
 from app.models.families import LABELS, SD1, watermark_key
 from app.models.manager import IMG2IMG, INPAINT, TXT2IMG, LoadedModel, ModelManager
-
-UPSCALE = "upscale"
 from app.models.registry import ModelEntry, ModelRegistry, VaeEntry
 from app.settings import Settings
 
+UPSCALE = "upscale"
+
 _CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images", INPAINT: "img2img-images"}
+
+
+@dataclass
+class _Partial:
+    """A generation between its turns: what it has made so far, on which checkpoint."""
+
+    started: float
+    model_title: str | None = None
+    batch: int = 0
+    images: list["GeneratedImage"] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Interrupted(Exception):
@@ -54,7 +68,7 @@ class Interrupted(Exception):
 @dataclass
 class GeneratedImage:
     image: Image.Image
-    path: Path
+    path: Path | None        # None when the request asked not to save
     seed: int
     parameters: str          # the A1111 infotext written into the PNG
 
@@ -84,45 +98,81 @@ class Engine:
         self.settings = settings
         self.models = manager
         self.store = store
-        self._queue = JobQueue(self._run, max_size=settings.queue_size)
+        self._queue = JobQueue(self._run, max_size=settings.queue_size, max_per_owner=settings.queue_per_user)
 
     # --- what the UI and the API call -------------------------------------------------------
 
     def submit(self, request: GenerationRequest, owner: str = "local") -> Job:
-        """Validate and queue; raises InvalidRequest at once for a request that cannot run."""
+        """Validate and queue; raises InvalidRequest (or ModelNotFound) at once for a request that cannot run.
+
+        `owner` is who asked (a user name or address): the queue takes turns between owners."""
         request = request.validated()
+        if request.model is not None:
+            request.model = self.models.registry.find(request.model).title  # unknown names fail now, not later
         kind = INPAINT if request.is_inpaint else IMG2IMG if request.is_img2img else TXT2IMG
-        return self._queue.submit(Job(request, kind, owner))
+        strength = request.strength if request.is_img2img else 1.0
+        cost = request.steps * strength * request.batch_size * request.width * request.height / 512**2
+        return self._queue.submit(Job(request, kind, owner, turns=request.batch_count, turn_cost=cost))
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
         """Submit and wait: for scripts and tests."""
         return self.submit(request).wait(timeout)
 
     def upscaler_names(self) -> list[str]:
-        return [LANCZOS, *(SD_X4_PREFIX + entry.title for entry in self.models.upscalers())]
+        """Resamplers, then the ESRGAN-family files, then the SD x4 diffusion upscalers."""
+        networks = [entry.name for entry in self.models.network_upscalers()]
+        return [*RESAMPLERS, *networks, *(SD_X4_PREFIX + entry.title for entry in self.models.upscalers())]
 
     def submit_upscale(self, request: UpscaleRequest, owner: str = "local") -> Job:
         """Validate and queue an upscale; raises InvalidRequest at once for one that cannot run."""
-        return self._queue.submit(Job(request.validated(self.upscaler_names()), UPSCALE, owner))
+        request = request.validated(self.upscaler_names())
+        width, height = output_size(request.image.size, request.scale)
+        work = width * height / 512**2 * (request.steps if request.is_diffusion else 1)
+        speed = "diffusion" if request.is_diffusion else "network" if request.is_network else "resample"
+        return self._queue.submit(Job(request, UPSCALE, owner, turn_cost=work, rate_key=f"{UPSCALE}:{speed}"))
 
     def upscale(self, request: UpscaleRequest, timeout: float | None = None) -> GeneratedImage:
         """Submit and wait: for scripts and tests."""
         return self.submit_upscale(request).wait(timeout)
 
-    def skip(self) -> None:
-        """Finish the running job's current batch now and go on with its next one."""
-        job = self._queue.running
-        if job is not None:
-            job.skip()
+    def skip(self, owner: str | None = None) -> bool:
+        """Finish the running job's current batch now and go on with its next one.
 
-    def interrupt(self) -> None:
-        """Stop the running job at its next step; what it made so far is kept."""
+        With `owner`, only that owner's job; returns whether a job was told."""
         job = self._queue.running
-        if job is not None:
+        if job is None or (owner is not None and job.owner != owner):
+            return False
+        job.skip()
+        return True
+
+    def interrupt(self, owner: str | None = None) -> bool:
+        """Stop the running job at its next step; what it made so far is kept.
+
+        With `owner` (the HTTP API), stop only that owner's work: their running job, and their
+        waiting jobs never start. A colleague's job is not theirs to stop. Returns whether any stopped."""
+        if owner is None:
+            job = self._queue.running
+            if job is not None:
+                job.cancel()
+            return job is not None
+        jobs = self._queue.jobs_of(owner)
+        for job in jobs:
             job.cancel()
+        return bool(jobs)
+
+    def jobs_of(self, owner: str) -> list[Job]:
+        return self._queue.jobs_of(owner)
 
     def position(self, job: Job) -> int:
         return self._queue.position(job)
+
+    def eta_seconds(self, job: Job) -> float | None:
+        """Roughly how long until a waiting job runs (None until Easel has timed a similar job)."""
+        return self._queue.eta_seconds(job)
+
+    @property
+    def running_job(self) -> Job | None:
+        return self._queue.running
 
     def status(self) -> EngineStatus:
         return EngineStatus(
@@ -175,14 +225,48 @@ class Engine:
     def _upscale(self, job: Job) -> GeneratedImage:
         request: UpscaleRequest = job.request
         size = output_size(request.image.size, request.scale)
-        if request.uses_model:
+        if request.is_diffusion:
             with self.models.use_upscaler(request.model_title) as pipe:
                 picture = lanczos(self._x4_upscaled(job, pipe), size)
+        elif request.is_network:
+            picture = lanczos(self._network_upscaled_with_retry(job, size), size)
         else:
-            picture = lanczos(request.image, size)
+            picture = resampled(request.image, size, request.upscaler)
         parameters = postprocess_parameters(request)
-        path = self.store.save(picture, parameters, "extras-images", seed=None)
+        path = self.store.save(picture, parameters, "extras-images", seed=None) if request.save else None
         return GeneratedImage(image=picture, path=path, seed=request.seed, parameters=parameters)
+
+    def _network_upscaled_with_retry(self, job: Job, size: tuple[int, int]) -> Image.Image:
+        """An ESRGAN-family network towards `size`; out of memory steps the memory mode down and retries."""
+        while True:
+            try:
+                with self.models.use_network(job.request.upscaler) as network:
+                    return self._network_upscaled(job, network, size)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                self.models.degrade()  # raises when there is no lower mode
+
+    def _network_upscaled(self, job: Job, network, size: tuple[int, int]) -> Image.Image:
+        request: UpscaleRequest = job.request
+        passes = network_pass_sizes(request.image.size, size, network.scale)
+        tiles = sum(len(tile_grid(pass_size, request.tile, request.overlap)) for pass_size in passes)
+        tiles_done = 0
+
+        def report(done: int, total: int) -> None:
+            nonlocal tiles_done
+            tiles_done += 1
+            job.report(step=tiles_done, steps=tiles)
+            if job.cancelled:
+                raise Interrupted()
+
+        picture = request.image
+        try:
+            for pass_size in passes:
+                picture = network_upscaled(network, lanczos(picture, pass_size), request.tile, request.overlap, report)
+        except Interrupted:
+            raise EaselError("The upscale was interrupted; nothing was saved.") from None
+        return picture
 
     def _x4_upscaled(self, job: Job, pipe) -> Image.Image:
         """The SD x4 diffusion upscaler over the picture, tile by tile, one seed for every tile."""
@@ -209,29 +293,33 @@ class Engine:
             raise EaselError("The upscale was interrupted; nothing was saved.") from None
 
     def _generate(self, job: Job) -> GenerationResult:
+        """One turn of a generation: its next batch. Returns UNFINISHED while batches remain, so the
+        queue can give other users a turn in between; the images so far wait in `job.partial`."""
         request: GenerationRequest = job.request
-        started = time.monotonic()
-        notes: list[str] = []
-        with self.models.use() as loaded:
-            pipe = self.models.pipeline_for(job.kind)
-            embeddings = encode_prompt_pair(
-                pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
-            )
-            seeds = request.seeds()
-            images: list[GeneratedImage] = []
-            for batch in range(request.batch_count):
-                if job.cancelled:
-                    break
+        partial: _Partial = job.partial or _Partial(started=time.monotonic())
+        job.partial = partial
+        # The checkpoint is fixed at the first turn: later batches never switch to another user's choice.
+        with self.models.use(partial.model_title or request.model) as loaded:
+            partial.model_title = loaded.entry.title
+            if not job.cancelled and partial.batch < request.batch_count:
+                pipe = self.models.pipeline_for(job.kind)
+                embeddings = encode_prompt_pair(
+                    pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
+                )
+                batch = partial.batch
                 job.report(batch=batch, batches=request.batch_count, step=0)
-                batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
-                pictures = self._batch_with_retry(job, loaded, embeddings, batch_seeds, notes)
-                images += [self._save(job, loaded.entry, p, seed) for p, seed in zip(pictures, batch_seeds)]
-        return GenerationResult(
-            images=images,
-            interrupted=job.cancelled,
-            notes=self._notes(loaded.entry) + notes,
-            seconds=time.monotonic() - started,
-        )
+                seeds = request.seeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
+                pictures = self._batch_with_retry(job, loaded, embeddings, seeds, partial.notes)
+                partial.images += [self._save(job, loaded.entry, p, seed) for p, seed in zip(pictures, seeds)]
+                partial.batch += 1
+            if partial.batch < request.batch_count and not job.cancelled:
+                return UNFINISHED
+            return GenerationResult(
+                images=partial.images,
+                interrupted=job.cancelled,
+                notes=self._notes(loaded.entry) + partial.notes,
+                seconds=time.monotonic() - partial.started,
+            )
 
     def _batch_with_retry(self, job: Job, loaded: LoadedModel, embeddings, seeds: list[int], notes: list[str]):
         """One batch; out of memory steps the memory mode down and runs the same batch again."""
@@ -269,7 +357,7 @@ class Engine:
             picture = apply_watermark(picture, watermark_key(entry.family))
         loaded = self.models.loaded
         parameters = infotext(self._info(job.request, entry, seed, loaded.vae if loaded else None))
-        path = self.store.save(picture, parameters, _CATEGORIES[job.kind], seed)
+        path = self.store.save(picture, parameters, _CATEGORIES[job.kind], seed) if job.request.save else None
         return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
 
     @staticmethod

@@ -35,3 +35,15 @@ class ModelLoadError(EaselError):
 
 class QueueFull(EaselError):
     """Too many jobs are waiting; the user should try again shortly."""
+
+
+class AccessDenied(EaselError):
+    """Missing or wrong credentials, or too many wrong ones in a row."""
+
+
+class TooManyAttempts(AccessDenied):
+    """Too many wrong passwords from one address: wait `seconds` before the next try."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds

@@ -28,7 +28,15 @@ class Settings:
     watermark: bool = True
     preview_every: int = 2
     queue_size: int = 100
+    queue_per_user: int = 20
     preferences_file: Path = Path("user-preferences.json")
+    # Sharing on the network (--listen): who may sign in, and what the server accepts.
+    auth: str | None = None          # "user:pass[,user2:pass2]"
+    auth_file: Path | None = None    # the same, one per line; passwords may be hashed
+    api_auth: str | None = None      # other credentials for /sdapi/v1 (default: the page's)
+    insecure: bool = False           # --listen without any password, knowingly
+    access_file: Path = Path("access-password.txt")  # the generated --listen password, hashed
+    max_upload_mb: int = 50
 
     @property
     def demo_models_dir(self) -> Path:

@@ -29,10 +29,14 @@ PAGE_JS = """
 """
 
 
-def build_ui(engine: Engine, preferences: Preferences | None = None) -> gr.Blocks:
+def build_ui(engine: Engine, preferences: Preferences | None = None, lan_urls: list[str] | None = None) -> gr.Blocks:
+    """The page. `lan_urls`: the addresses colleagues can open (shown for copying when shared)."""
     preferences = preferences or Preferences(None)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         gr.Markdown(f"# {TITLE}\nMake pictures from words, or change a picture you have. Everything runs on this computer.")
+        if lan_urls:
+            gr.Textbox("  ".join(lan_urls), label="Shared on your network: colleagues open", interactive=False,
+                       buttons=["copy"], elem_id="lan-urls")
         build_header(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Text to image", id=TXT2IMG_TAB):

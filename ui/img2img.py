@@ -94,17 +94,17 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
     new_canvas.click(blank_canvas, inputs=[controls.width, controls.height], outputs=sketch, queue=False, api_visibility="private")
 
     def run(chosen, uploaded, drawn, painted, strength_value, use_picture_size, resize_label, blur, area_label,
-            padding_value, *values, progress=gr.Progress()):
+            padding_value, *values, progress=gr.Progress(), request: gr.Request = None):
         fields = request_fields(list(values))
         preferences.remember(SECTION, fields)
         picture, mask = _picture_and_mask(chosen, uploaded, drawn, painted)
         if use_picture_size:
             fields.update(width=None, height=None)
-        request = GenerationRequest(
+        generation = GenerationRequest(
             **fields, init_image=picture, strength=strength_value, resize_mode=RESIZE_LABELS[resize_label],
             mask=mask, mask_blur=blur, inpaint_area=AREA_LABELS[area_label], masked_padding=padding_value,
         )
-        yield from runner.generate(engine, request, progress)
+        yield from runner.generate(engine, generation, progress, runner.owner_of(request))
 
     generate.click(
         run,

@@ -31,9 +31,32 @@ def user_message(error: BaseException) -> str:
     )
 
 
+def owner_of(request: gr.Request | None) -> str:
+    """Who is using this page, for the fair queue: the signed-in name, else the computer's address
+    (the same owner as that computer's HTTP API calls)."""
+    if request is None:
+        return "local"
+    if getattr(request, "username", None):
+        return request.username
+    client = getattr(request, "client", None)
+    return f"guest@{client.host if client else 'unknown'}"
+
+
+def waiting_line(engine: Engine, job: Job) -> str:
+    position = engine.position(job)
+    eta = engine.eta_seconds(job)
+    wait = f", about {_duration(eta)} to wait" if eta is not None else ""
+    started = "Your next batch waits" if job.started else "Waiting"
+    return f"{started} in the queue: position {position}{wait}. Others' jobs take turns with yours."
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def progress_line(engine: Engine, job: Job) -> str:
     if job.state.value == "queued":
-        return f"Waiting in the queue: position {engine.position(job)}."
+        return waiting_line(engine, job)
     p = job.progress
     if not p.steps:
         return "Loading the model and preparing…"
@@ -55,11 +78,11 @@ def result_status(result: GenerationResult) -> str:
     return "\n\n".join(lines)
 
 
-def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress):
+def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress, owner: str = "local"):
     """A Gradio generator: yields (job, *ResultsPanel.outputs()) as the job runs."""
     unchanged = (gr.skip(),) * 4  # info, parameters, paths, seeds
     try:
-        job = engine.submit(request)
+        job = engine.submit(request, owner=owner)
     except EaselError as error:
         raise page_error(error.message) from None
     seen = -1

@@ -28,10 +28,10 @@ def build_txt2img_tab(engine: Engine, preferences: Preferences) -> Txt2ImgTab:
         with gr.Column(scale=5):
             generate, results = results_column(SECTION, job, controls)
 
-    def run(*values, progress=gr.Progress()):
+    def run(*values, progress=gr.Progress(), request: gr.Request = None):
         fields = request_fields(list(values))
         preferences.remember(SECTION, fields)
-        yield from runner.generate(engine, GenerationRequest(**fields), progress)
+        yield from runner.generate(engine, GenerationRequest(**fields), progress, runner.owner_of(request))
 
     generate.click(
         run,

@@ -7,12 +7,21 @@ import gradio as gr
 from app.engine import Engine
 from app.errors import EaselError
 from app.generation.upscale import LANCZOS, MAX_NOISE_LEVEL, MAX_SCALE, UpscaleRequest
-from ui.runner import POLL_SECONDS, page_error, user_message
+from ui.runner import POLL_SECONDS, owner_of, page_error, user_message, waiting_line
 
 
 @dataclass
 class UpscaleTab:
     image: gr.Image
+
+
+def _short(folder) -> str:
+    return f"{folder.parent.name}/{folder.name}"
+
+
+def _problems(engine: Engine) -> str:
+    """Why files in the upscaler folder are missing from the list, one line each."""
+    return "\n".join(f"- {entry.problem}" for entry in engine.models.registry.upscalers if entry.problem)
 
 
 def build_upscale_tab(engine: Engine) -> UpscaleTab:
@@ -24,9 +33,13 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
             with gr.Row():
                 upscaler = gr.Dropdown(
                     engine.upscaler_names(), value=LANCZOS, label="Upscaler", elem_id="upscale-upscaler",
-                    info="SD x4 models from the models folder appear here (press Refresh list at the top)",
+                    # The folder by its short name: colleagues on the network need no server paths.
+                    info="Lanczos needs no model. Drop ESRGAN-family files (.pth, .safetensors) into "
+                         f"{_short(engine.models.registry.upscaler_dirs[0])}; SD x4 models go with the checkpoints.",
                 )
+                rescan = gr.Button("Refresh", scale=0, min_width=90, elem_id="upscale-refresh")
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Scale", elem_id="upscale-scale")
+            problems = gr.Markdown(_problems(engine), elem_id="upscale-problems")
             with gr.Accordion("SD x4 settings (diffusion upscaler)", open=False):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="What the picture shows, to guide the details",
                                     elem_id="upscale-prompt")
@@ -44,21 +57,23 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
             info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="upscale-info")
 
     def upscale(picture, chosen, factor, prompt_text, negative_text, noise_level, step_count, guidance, seed_value,
-                progress=gr.Progress()):
+                progress=gr.Progress(), request: gr.Request = None):
         if picture is None:
             raise page_error("Upload a picture first (drop it on the Picture box).")
-        request = UpscaleRequest(
+        wanted = UpscaleRequest(
             image=picture, scale=factor, upscaler=chosen, prompt=prompt_text, negative_prompt=negative_text,
             noise_level=noise_level, steps=step_count, cfg_scale=guidance, seed=seed_value,
         )
         try:
-            job = engine.submit_upscale(request)
+            job = engine.submit_upscale(wanted, owner=owner_of(request))
         except EaselError as error:
             raise page_error(error.message) from None
         seen = -1
         while not job.finished:
             seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
-            if job.progress.steps:
+            if job.state.value == "queued":
+                yield waiting_line(engine, job), gr.skip(), gr.skip()
+            elif job.progress.steps:
                 progress(job.progress.fraction, desc=f"Step {job.progress.step}/{job.progress.steps}")
                 yield f"Upscaling: step {job.progress.step} of {job.progress.steps}", gr.skip(), gr.skip()
         try:
@@ -67,6 +82,12 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
             raise page_error(user_message(error)) from None
         yield f"Done: {done.image.width}x{done.image.height}, saved as {done.path.name}.", str(done.path), done.parameters
 
+    def refreshed(chosen: str | None):
+        engine.models.refresh()
+        names = engine.upscaler_names()
+        return gr.update(choices=names, value=chosen if chosen in names else LANCZOS), _problems(engine)
+
+    rescan.click(refreshed, inputs=upscaler, outputs=[upscaler, problems], queue=False, api_visibility="private")
     run.click(
         upscale,
         inputs=[image, upscaler, scale, prompt, negative, noise, steps, cfg, seed],

@@ -52,6 +52,8 @@ class GenerationRequest:
     mask_blur: int = 4                      # soft edge of the mask, in pixels
     inpaint_area: str = WHOLE_PICTURE       # WHOLE_PICTURE or ONLY_MASKED
     masked_padding: int = 32                # context kept around the mask with ONLY_MASKED
+    model: str | None = None                # checkpoint title; None: the active one when the job starts
+    save: bool = True                       # write the PNG to the outputs folder (API clients may not want it)
 
     @property
     def is_img2img(self) -> bool:

@@ -1,9 +1,12 @@
 """Upscaling a finished picture ("extras"), keeping its generation parameters.
 
-Two kinds of upscaler: Lanczos (always there, instant) and the SD x4 diffusion upscaler (a model
-in the models folder, guided by a prompt, with a noise level). The diffusion upscaler works in
-overlapping tiles, so any picture fits the memory the device plan allows; a scale other than the
-model's 4 resizes afterwards. ESRGAN-family upscalers plug in here as a third kind (not yet).
+Three kinds of upscaler:
+- resamplers (Lanczos, Nearest): always there, no model, instant;
+- ESRGAN-family networks (files in models/ESRGAN/, read by spandrel): fast, a fixed factor each;
+- the SD x4 diffusion upscaler (a checkpoint in models/Stable-diffusion/, guided by a prompt, with
+  a noise level): slow, invents detail.
+Both model kinds work in overlapping tiles, so any picture fits the memory the device plan allows;
+a scale other than the model's own resizes afterwards.
 """
 
 import math
@@ -17,13 +20,19 @@ from app.generation.requests import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, rgb_i
 from app.images.metadata import parameters_line, read_parameters
 
 LANCZOS = "Lanczos"
-SD_X4_PREFIX = "SD x4: "      # + the checkpoint's title
+NEAREST = "Nearest"
+RESAMPLERS = {LANCZOS: Image.LANCZOS, NEAREST: Image.NEAREST}
+SD_X4_PREFIX = "SD x4: "      # + the checkpoint's title; any other name is an ESRGAN-family file
 MAX_SCALE = 8.0
 MAX_OUTPUT_SIDE = 8192
 MAX_NOISE_LEVEL = 350
 X4_FACTOR = 4
 X4_TILE = 128                 # input pixels a side per tile: 512 out, what the model was trained at
 X4_OVERLAP = 32
+NETWORK_TILE = 256            # input pixels a side: a 4x RRDBNet tile then needs ~1 GiB in float32
+NETWORK_OVERLAP = 16
+MAX_TILE = 1024
+MAX_NETWORK_PASSES = 3        # a 4x network reaches 8x in two passes; 1x restoration models run once
 
 
 @dataclass
@@ -38,13 +47,18 @@ class UpscaleRequest:
     steps: int = 20
     cfg_scale: float = 7.0
     seed: int = -1
-    tile: int = X4_TILE
-    overlap: int = X4_OVERLAP
+    tile: int | None = None       # input pixels a side per tile; None: the upscaler's own default
+    overlap: int | None = None
     source_parameters: str | None = None  # the picture's own infotext, read before it is converted
+    save: bool = True             # write the PNG to the outputs folder
 
     @property
-    def uses_model(self) -> bool:
+    def is_diffusion(self) -> bool:
         return self.upscaler.startswith(SD_X4_PREFIX)
+
+    @property
+    def is_network(self) -> bool:
+        return not self.is_diffusion and self.upscaler not in RESAMPLERS
 
     @property
     def model_title(self) -> str:
@@ -67,6 +81,11 @@ class UpscaleRequest:
             if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
                 raise InvalidRequest(f"The {what} must be text of at most {MAX_PROMPT_CHARS:,} characters.")
         seed = int(_number(self.seed, "Seed", -1, MAX_SEED))
+        default_tile, default_overlap = (X4_TILE, X4_OVERLAP) if self.is_diffusion else (NETWORK_TILE, NETWORK_OVERLAP)
+        tile = default_tile if self.tile is None else int(_number(self.tile, "Tile size", 32, MAX_TILE))
+        overlap = default_overlap if self.overlap is None else int(_number(self.overlap, "Tile overlap", 0, 128))
+        if overlap * 2 > tile:
+            raise InvalidRequest(f"The tile overlap ({overlap}) must be at most half the tile size ({tile}).")
         return replace(
             self,
             image=image,
@@ -76,8 +95,8 @@ class UpscaleRequest:
             steps=int(_number(self.steps, "Steps", 1, MAX_STEPS)),
             cfg_scale=_number(self.cfg_scale, "CFG scale", 0.0, 30.0),
             seed=random.randrange(MAX_SEED + 1) if seed == -1 else seed,
-            tile=int(_number(self.tile, "Tile size", 32, 512)),
-            overlap=int(_number(self.overlap, "Tile overlap", 0, 128)),
+            tile=tile,
+            overlap=overlap,
         )
 
 
@@ -96,7 +115,26 @@ def output_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
 
 
 def lanczos(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image if image.size == size else image.resize(size, Image.LANCZOS)
+    return resampled(image, size, LANCZOS)
+
+
+def resampled(image: Image.Image, size: tuple[int, int], resampler: str = LANCZOS) -> Image.Image:
+    return image if image.size == size else image.resize(size, RESAMPLERS[resampler])
+
+
+def network_pass_sizes(size: tuple[int, int], target: tuple[int, int], factor: int) -> list[tuple[int, int]]:
+    """The input size of each pass of a `factor`x network towards `target`.
+
+    The first pass takes the picture as it is (a smaller target is resized down after it). Passes
+    go on while the result is still smaller than the target, the input of a later pass shrunk to
+    what lands on the target, so no pass makes pixels that are thrown away."""
+    sizes = [size]
+    current = (size[0] * factor, size[1] * factor)
+    while factor > 1 and len(sizes) < MAX_NETWORK_PASSES and (current[0] < target[0] or current[1] < target[1]):
+        needed = (-(-target[0] // factor), -(-target[1] // factor))
+        sizes.append((min(current[0], needed[0]), min(current[1], needed[1])))
+        current = (sizes[-1][0] * factor, sizes[-1][1] * factor)
+    return sizes
 
 
 def padded(image: Image.Image, multiple: int) -> Image.Image:
@@ -114,7 +152,7 @@ def padded(image: Image.Image, multiple: int) -> Image.Image:
 def postprocess_parameters(request: UpscaleRequest) -> str:
     """The source's A1111 infotext with A1111's postprocessing keys added to its last line."""
     keys = {"Postprocess upscale by": request.scale, "Postprocess upscaler": request.upscaler}
-    if request.uses_model:
+    if request.is_diffusion:
         keys.update({"Upscale noise level": request.noise_level, "Upscale steps": request.steps, "Upscale seed": request.seed})
     keys = parameters_line(keys)  # quotes values such as "SD x4: name" as A1111 readers expect
     if not request.source_parameters:

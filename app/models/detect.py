@@ -43,7 +43,7 @@ def is_code_refusal(error: BaseException | None) -> bool:
     return False
 
 
-def _pickle_calls_code(path: Path) -> bool:
+def pickle_calls_code(path: Path) -> bool:
     """For a plain (non-zip) pickle that torch stopped reading early: does it call code anywhere?
     Read with pickletools, which lists opcodes and runs nothing."""
     if zipfile.is_zipfile(path):
@@ -100,7 +100,7 @@ def _ckpt_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         data = torch.load(path, map_location="meta", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
-        if is_code_refusal(error) or _pickle_calls_code(path):
+        if is_code_refusal(error) or pickle_calls_code(path):
             raise _unsafe() from None
         # torch's own text suggests loading unsafely; not advice to pass on.
         raise _damaged() from None

@@ -17,8 +17,10 @@ from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableD
 from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan, degraded, free_memory, probe_hardware
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from app.models import families
+from app.models.detect import UnreadableCheckpoint
 from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
 from app.models.registry import SINGLE_FILE, ModelEntry, ModelRegistry, VaeEntry
+from app.models.upscalers import UpscalerEntry, load_network
 
 TXT2IMG = "txt2img"
 IMG2IMG = "img2img"
@@ -84,6 +86,8 @@ class ModelManager:
         self.facts = facts or HardwareFacts()
         self._loaded: LoadedModel | None = None
         self._upscaler: LoadedModel | None = None  # the SD x4 upscaler, beside the active checkpoint
+        # An ESRGAN-family network (tens of MB): kept beside everything else until another is chosen.
+        self._network: tuple[UpscalerEntry, object] | None = None
         self._vae_choice: str | None = None  # title in models/VAE/, or None for the checkpoint's own
         # Held while a job runs and while loading, so a swap waits for the job in progress.
         self._lock = threading.RLock()
@@ -116,6 +120,8 @@ class ModelManager:
         with self._lock:
             if self._loaded and self._loaded.entry.path == entry.path and self._loaded.entry.family == entry.family:
                 return self._loaded.entry
+            if self._upscaler and not load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
+                self.unload_upscaler()  # the SD x4 upscaler gives way to the checkpoint the user chose
             if self._loaded and load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
                 loaded = self._load(entry)  # raises with the old model still in place
                 self.unload()
@@ -138,8 +144,9 @@ class ModelManager:
             _release(loaded)
 
     def unload_upscaler(self) -> None:
+        """Release the SD x4 upscaler and the ESRGAN-family network, whichever are loaded."""
         with self._lock:
-            loaded, self._upscaler = self._upscaler, None
+            loaded, self._upscaler, self._network = self._upscaler, None, None
             _release(loaded)
 
     def upscalers(self) -> list[ModelEntry]:
@@ -163,6 +170,26 @@ class ModelManager:
                 self._upscaler = self._load(entry)
             yield self._upscaler.base
 
+    def network_upscalers(self) -> list[UpscalerEntry]:
+        """The usable ESRGAN-family upscalers in the models folder."""
+        return [e for e in self.registry.upscalers if e.problem is None]
+
+    @contextmanager
+    def use_network(self, name: str):
+        """Yields the ESRGAN-family network `name` (a spandrel descriptor) on the plan's device."""
+        with self._lock:
+            entry = self.registry.find_upscaler(name)
+            if entry.problem:
+                raise ModelLoadError(entry.problem)
+            if self._network is None or self._network[0].path != entry.path:
+                self._network = None
+                free_memory()
+                try:
+                    self._network = (entry, load_network(entry, self.plan.device, self.plan.dtype))
+                except UnreadableCheckpoint as unreadable:  # changed on disk since the last refresh
+                    raise ModelLoadError(f"Easel cannot use '{entry.path.name}': {unreadable.reason}") from None
+            yield self._network[1]
+
     def degrade(self) -> str:
         """After running out of memory: one memory mode down, applied to the loaded model.
 
@@ -176,6 +203,7 @@ class ModelManager:
                     "image size or batch size, and try again."
                 )
             self.plan = lower
+            self._network = None  # reloaded on the new device by its next job
             free_memory()
             for loaded in (self._loaded, self._upscaler):
                 if loaded:

@@ -1,7 +1,8 @@
 """Finds the checkpoints in the models folder and tells which family each one is.
 
 Users drop A1111-style single files (`.safetensors`, `.ckpt`) or diffusers folders into
-`models/Stable-diffusion/` (subfolders allowed) and VAEs into `models/VAE/`; `refresh()` picks up
+`models/Stable-diffusion/` (subfolders allowed), VAEs into `models/VAE/` and ESRGAN-family
+upscalers into `models/ESRGAN/`; `refresh()` picks up
 what was added or removed. A file that cannot be used still gets an entry, with the reason, so the
 user sees why instead of wondering where it went.
 """
@@ -21,6 +22,7 @@ from app.models.detect import (
     sidecar_prediction,
     weight_shapes,
 )
+from app.models.upscalers import UPSCALER_SUBFOLDERS, UPSCALER_SUFFIXES, UpscalerEntry, described
 
 CHECKPOINT_SUBFOLDER = "Stable-diffusion"  # A1111's names; users already know them
 VAE_SUBFOLDER = "VAE"
@@ -113,11 +115,13 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.checkpoint_dir = self.models_dir / CHECKPOINT_SUBFOLDER
         self.vae_dir = self.models_dir / VAE_SUBFOLDER
+        self.upscaler_dirs = tuple(self.models_dir / name for name in UPSCALER_SUBFOLDERS)
         self._roots = (self.checkpoint_dir, *map(Path, extra_roots))
         self._facts = FileFacts(cache_file)
         self._overrides_file = self.models_dir / "model-settings.json"
         self._entries: list[ModelEntry] = []
         self._vaes: list[VaeEntry] = []
+        self._upscalers: list[UpscalerEntry] = []
 
     @property
     def entries(self) -> list[ModelEntry]:
@@ -126,6 +130,18 @@ class ModelRegistry:
     @property
     def vaes(self) -> list[VaeEntry]:
         return list(self._vaes)
+
+    @property
+    def upscalers(self) -> list[UpscalerEntry]:
+        """The ESRGAN-family upscaler files, usable ones first."""
+        return list(self._upscalers)
+
+    def find_upscaler(self, name: str) -> UpscalerEntry:
+        for entry in self._upscalers:
+            if name in (entry.name, entry.path.name):
+                return entry
+        names = ", ".join(e.name for e in self._upscalers) or "none"
+        raise ModelNotFound(f"There is no upscaler named '{name}' in {self.upscaler_dirs[0]}. Available: {names}.")
 
     def refresh(self) -> list[ModelEntry]:
         """Scan again: files added or removed since the last scan appear or disappear."""
@@ -139,6 +155,7 @@ class ModelRegistry:
             VaeEntry(path.relative_to(self.vae_dir).as_posix(), path)
             for path in sorted(self.vae_dir.rglob("*")) if path.suffix in SINGLE_FILE_SUFFIXES
         ] if self.vae_dir.is_dir() else []
+        self._upscalers = self._scan_upscalers()
         return self.entries
 
     def find(self, title: str) -> ModelEntry:
@@ -217,3 +234,22 @@ class ModelRegistry:
         family = family_from_weights(weight_shapes(path))
         self._facts.put(path, "family", family)
         return family
+
+    def _scan_upscalers(self) -> list[UpscalerEntry]:
+        found: dict[str, UpscalerEntry] = {}
+        for folder in self.upscaler_dirs:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.suffix in UPSCALER_SUFFIXES and path.is_file() and path.stem not in found:
+                    found[path.stem] = self._upscaler_entry(path)
+        return sorted(found.values(), key=lambda e: (e.problem is not None, e.name.lower()))
+
+    def _upscaler_entry(self, path: Path) -> UpscalerEntry:
+        """Reading an upscaler's weights takes a moment: what they are is cached like the checkpoints'."""
+        cached = self._facts.get(path, "upscaler")
+        if cached:
+            return UpscalerEntry(name=path.stem, path=path, **cached)
+        entry = described(path)
+        self._facts.put(path, "upscaler", {"scale": entry.scale, "architecture": entry.architecture, "problem": entry.problem})
+        return entry

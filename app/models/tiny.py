@@ -203,3 +203,28 @@ def save_tiny_model(folder: Path, family: str = SD1, seed: int = 0) -> Path:
         # A marker the registry reads so the UI can say plainly that this model draws noise.
         (folder / "easel_demo.json").write_text(json.dumps({"demo": True, "family": family}))
     return folder
+
+
+def tiny_esrgan_state_dict(scale: int = 4, features: int = 8, blocks: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny random Real-ESRGAN (BasicSR's RRDBNet), named and shaped as RealESRGAN_x4plus.pth is.
+
+    Scales 2 and 1 fold the input into 4 or 16 channels first (pixel unshuffle), as BasicSR does;
+    the growth channels stay at 32, which spandrel assumes."""
+    generator = torch.Generator().manual_seed(seed)
+    growth = 32
+    first_in = 3 * {4: 1, 2: 4, 1: 16}[scale]
+    shapes: dict[str, tuple[int, int]] = {"conv_first": (features, first_in)}
+    for block in range(blocks):
+        for rdb in (1, 2, 3):
+            for conv in range(1, 6):
+                out = features if conv == 5 else growth
+                shapes[f"body.{block}.rdb{rdb}.conv{conv}"] = (out, features + (conv - 1) * growth)
+    shapes.update({name: (features, features) for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr")})
+    shapes["conv_last"] = (3, features)
+    state = {}
+    for name, (out, inp) in shapes.items():
+        # Scaled so the output varies with the input around mid-grey instead of saturating.
+        state[f"{name}.weight"] = torch.randn(out, inp, 3, 3, generator=generator) * (1.0 / (inp * 9) ** 0.5)
+        state[f"{name}.bias"] = torch.randn(out, generator=generator) * 0.01
+    state["conv_last.bias"] += 0.5
+    return state

@@ -73,11 +73,14 @@ def served(tiny_models_dir, tiny_configs_dir, tmp_path_factory):
     engine = create_engine(settings, CPU_ONLY)
     engine.models.load(TINY_SD1)  # before build_ui: the header shows the active checkpoint
     blocks = build_ui(engine, Preferences(root / "prefs.json"))
+    server = None
     try:
-        _, url = serve(blocks, settings, block=False)
+        server = serve(blocks, engine, settings)
+        url = server.url
         yield Served(url=url, engine=engine, outputs=settings.outputs_dir)
     finally:
-        blocks.close()
+        if server is not None:
+            server.close()
         engine.close()
 
 

@@ -18,10 +18,10 @@ def served(tiny_models_dir, tmp_path):
     settings = make_settings(tmp_path, tiny_models_dir, port=0, host="127.0.0.1")
     engine = create_engine(settings, CPU_ONLY)
     blocks = build_ui(engine)
-    settings.port = _free_port()
-    _, url = serve(blocks, settings, block=False)
+    server = serve(blocks, engine, settings)
+    url = server.url
     yield url, settings
-    blocks.close()
+    server.close()
     engine.close()
 
 

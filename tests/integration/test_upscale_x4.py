@@ -12,7 +12,7 @@ from app.generation.upscale import UpscaleRequest
 from app.images.metadata import parse_infotext, read_parameters
 from app.models import families
 from app.models.tiny import save_tiny_model
-from tests.conftest import CPU_ONLY, TINY_SD1, make_settings
+from tests.conftest import CPU_ONLY, TINY_SD1, TINY_SD2_V, make_settings
 
 X4 = "tiny-x4"
 
@@ -40,7 +40,7 @@ def x4_request(image, **fields):
 
 
 def test_the_upscaler_is_offered_by_its_title(x4_engine):
-    assert x4_engine.upscaler_names() == ["Lanczos", f"SD x4: {X4}"]
+    assert x4_engine.upscaler_names() == ["Lanczos", "Nearest", f"SD x4: {X4}"]
 
 
 def test_sd_x4_makes_the_picture_four_times_larger_and_keeps_its_parameters(x4_engine):
@@ -100,3 +100,18 @@ def test_closing_the_engine_releases_the_upscaler(x4_engine):
     del pipe
     x4_engine.close()
     assert unet() is None
+
+
+@pytest.mark.parametrize("available, kept", [(0, False), (2**40, True)])
+def test_choosing_another_checkpoint_releases_the_upscaler_only_when_memory_is_short(x4_engine, monkeypatch,
+                                                                                    available, kept):
+    import weakref
+
+    x4_engine.upscale(x4_request(Image.new("RGB", (32, 32))))
+    with x4_engine.models.use_upscaler(X4) as pipe:
+        unet = weakref.ref(pipe.unet)
+    del pipe
+    monkeypatch.setattr(x4_engine.models, "_available_bytes", lambda: available)
+    x4_engine.models.load(TINY_SD2_V)
+    assert x4_engine.models.active.title == TINY_SD2_V
+    assert (unet() is not None) == kept
