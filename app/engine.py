@@ -79,6 +79,7 @@ class GenerationResult:
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)   # things the user should know (e.g. demo noise)
     seconds: float = 0.0
+    model: ModelEntry | None = None                   # the checkpoint that made them
 
     @property
     def seeds(self) -> list[int]:
@@ -319,6 +320,7 @@ class Engine:
                 interrupted=job.cancelled,
                 notes=self._notes(loaded.entry) + partial.notes,
                 seconds=time.monotonic() - partial.started,
+                model=loaded.entry,
             )
 
     def _batch_with_retry(self, job: Job, loaded: LoadedModel, embeddings, seeds: list[int], notes: list[str]):

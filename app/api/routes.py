@@ -148,11 +148,11 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
         result = job.wait()
         if result is None:
             raise InvalidRequest("The job was cancelled before it started.")
-        model = engine.models.active
         images = convert.images_of(result) if body.send_images else []
         parameters = body.model_dump(exclude={"init_images", "mask"})
+        model = result.model.name if result.model else None
         return GenerationResponse(images=images, parameters=parameters,
-                                  info=convert.generation_info(result, job.request, model.name if model else None))
+                                  info=convert.generation_info(result, job.request, model))
 
     @router.post("/txt2img", response_model=GenerationResponse)
     def txt2img(body: Txt2ImgRequest, owner: str = Depends(caller)):
