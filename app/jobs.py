@@ -159,7 +159,7 @@ class JobQueue:
         self._turn_number = 0
         self._running: Job | None = None
         self._turn_started: float | None = None
-        self._seconds_per_cost: dict[str, float] = {}  # job kind → measured seconds per unit of work
+        self._seconds_per_cost: dict[str, float] = {}  # rate key → measured seconds per unit of work
         self._lock = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="easel-jobs", daemon=True)
@@ -173,6 +173,7 @@ class JobQueue:
         with self._lock:
             if self._closed:
                 raise EaselError("Easel is shutting down and takes no new jobs. Start it again, then retry.")
+            self._drop_cancelled()  # jobs cancelled while waiting no longer count against anyone
             waiting = self._waiting_jobs()
             if len(waiting) >= self._max_size:
                 raise QueueFull(
@@ -238,6 +239,14 @@ class JobQueue:
         self._worker.join(timeout)
 
     # --- the worker ------------------------------------------------------------------------
+
+    def _drop_cancelled(self) -> None:
+        for owner, queue in list(self._queues.items()):
+            for job in [job for job in queue if job.cancelled and not job.started]:
+                queue.remove(job)
+                job._set_state(JobState.CANCELLED)
+            if not queue:
+                del self._queues[owner]
 
     def _waiting_jobs(self) -> list[Job]:
         return [job for queue in self._queues.values() for job in queue]

@@ -18,10 +18,11 @@ import anyio
 import gradio as gr
 import psutil
 import uvicorn
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi import Depends, FastAPI
+from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.docs import docs_html
 from app.api.routes import PREFIX, api_router_dependency, error_response, install_api
 from app.auth import Access, LoginLimiter, too_many_attempts_message
 from app.engine import Engine
@@ -176,9 +177,9 @@ def build_server(blocks: gr.Blocks, engine: Engine, settings: Settings, access: 
     def openapi():
         return app.openapi()
 
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(signed_in)])
-    def docs(request: Request):
-        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="Easel API")
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(signed_in)], response_class=HTMLResponse)
+    def docs():
+        return docs_html(app.openapi(), f"{PREFIX}/openapi.json")
 
     blocks.queue(default_concurrency_limit=WAITING_HANDLERS, max_size=settings.queue_size)
     private = [settings.models_dir, settings.cache_dir, settings.access_file, settings.preferences_file,

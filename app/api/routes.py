@@ -156,35 +156,42 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
 
     @router.post("/txt2img", response_model=GenerationResponse)
     def txt2img(body: Txt2ImgRequest, owner: str = Depends(caller)):
+        """Pictures from a prompt. Waits its turn in the shared queue, then answers with every image."""
         return generate(convert.generation_request(body), owner, body)
 
     @router.post("/img2img", response_model=GenerationResponse)
     def img2img(body: Img2ImgRequest, owner: str = Depends(caller)):
+        """Pictures from `init_images[0]` and a prompt; with `mask`, only the light part is repainted."""
         return generate(convert.img2img_request(body), owner, body)
 
     @router.post("/extra-single-image", response_model=ExtraSingleImageResponse)
     def extra_single_image(body: ExtraSingleImageRequest, owner: str = Depends(caller)):
+        """One picture upscaled with `upscaler_1` (a name from /upscalers; "None" is Lanczos)."""
         request = convert.upscale_request(body, engine.upscaler_names())
         done = engine.submit_upscale(request, owner=owner).wait()
         return ExtraSingleImageResponse(image=convert.upscaled_image(done), html_info=done.parameters)
 
     @router.post("/png-info", response_model=PngInfoResponse)
     def read_png_info(body: PngInfoRequest):
+        """The A1111 parameters written in a picture, as text and as fields."""
         info = png_info(convert.decoded_image(body.image))
         return PngInfoResponse(info=info.parameters or "", items={"parameters": info.parameters} if info.parameters else {},
                                parameters={key: _plain(value) for key, value in info.fields.items()})
 
     @router.get("/sd-models", response_model=list[SdModel])
     def sd_models():
+        """The checkpoints that can make pictures (titles are what `sd_model_checkpoint` takes)."""
         return [_sd_model(entry) for entry in engine.models.entries()
                 if entry.problem is None and entry.family != families.X4_UPSCALER]
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
+        """Scan the models folder again for added or removed files."""
         engine.models.refresh()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
+        """The active checkpoint and VAE, as A1111 names them."""
         active = engine.models.active
         return {
             "sd_model_checkpoint": _title(active) if active else None,
@@ -262,6 +269,7 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
 
     @router.post("/skip")
     def skip(owner: str = Depends(caller)) -> None:
+        """Ends the current batch of the caller's running job; its next batch goes on."""
         engine.skip(owner)
 
     return router

@@ -159,4 +159,7 @@ def test_openapi_docs_describe_the_routes(ann):
     assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/extra-single-image", "/sdapi/v1/progress"} <= set(
         spec["paths"])
     assert "prompt" in spec["components"]["schemas"]["Txt2ImgRequest"]["properties"]
-    assert ann.get("/docs").status_code == 200
+    page = ann.get("/docs")
+    assert page.status_code == 200 and "/sdapi/v1/txt2img" in page.text and "negative_prompt" in page.text
+    # Self-contained: no scripts, nothing fetched from elsewhere (an offline LAN sees it all).
+    assert "<script" not in page.text and "http://" not in page.text and "https://" not in page.text
