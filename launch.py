@@ -79,7 +79,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
 
 def offer_download(engine) -> None:
     """First run with no model, in a terminal: offer the default model (only if the user says yes)."""
-    folder = engine.models.registry.checkpoint_dir
+    folder = engine.model_folders().checkpoints
     print(f"No checkpoint found in {folder}.")
     default = engine.download_catalog()[0]
     if not sys.stdin.isatty():
@@ -106,15 +106,15 @@ def offer_download(engine) -> None:
 
 def preload_model(engine) -> None:
     """Load the first checkpoint now, so the first Generate does not wait for it."""
-    for entry in engine.models.entries():
+    for entry in engine.checkpoints():
         if entry.problem:
             print(entry.problem, file=sys.stderr)
-    if not engine.models.generating_entries():
+    if not engine.generating_checkpoints():
         offer_download(engine)
-    if not engine.models.generating_entries():
+    if not engine.generating_checkpoints():
         return
     try:
-        entry = engine.models.load()
+        entry = engine.select_checkpoint()
         print(f"Loaded checkpoint: {entry.title}")
     except EaselError as error:  # the UI still starts; the user can pick another checkpoint
         print(error.message, file=sys.stderr)
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.engine import create_engine
     from app.preferences import Preferences
     from app.settings import load_settings
+    from server.compose import lan_urls, serve
     from ui.app import build_ui
-    from ui.server import lan_urls, serve
 
     try:
         settings = load_settings(settings_overrides(args))
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except EaselError as error:
         print(f"Easel could not start: {error.message}", file=sys.stderr)
         return 2
-    print(engine.plan.description)
+    print(engine.status().device)
     preload_model(engine)
     preferences = Preferences(settings.preferences_file)
     addresses = lan_urls(settings.host, settings.port)

@@ -1,107 +1,66 @@
-"""The Engine: the one object every tab and the HTTP API talk to.
+"""The Engine: the one object the UI, the HTTP API and the launcher talk to.
 
-Created once in launch.py (or a test) and passed down. It validates requests, queues them, and
-runs each job: model → prompt embeddings → sampler → diffusion → watermark → PNG with parameters.
+Created once in launch.py (or a test) and passed down. It is a thin facade over named parts, and
+everything its callers need is one of its methods (or a small typed value it returns):
+
+- the job queue (app.job_queue), fair between users, which runs each job with
+- the generation runner (app.generation.runner) or the upscale runner (app.generation.upscaling),
+  both handing finished pictures to the output writer (app.generation.outputs);
+- the model manager (app.models.manager): the active checkpoint, its VAE, the upscalers in memory;
+- the registry (app.models.registry): what is in the models folders;
+- the output store (app.images.store): the outputs folder.
 """
 
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
-from app import __version__
-from app.devices import DeviceOptions, DevicePlan, HardwareFacts, is_out_of_memory, plan_device, probe_hardware
-from app.errors import EaselError, ModelNotFound
+from app.devices import DeviceOptions, HardwareFacts, plan_device, probe_hardware
+from app.errors import ModelNotFound
 from app.generation import samplers
-from app.generation.canvas import prepared
-from app.generation.diffusion import run_batch, run_x4
-from app.generation.networks import network_upscaled
-from app.generation.previews import latent_preview
-from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
-from app.generation.requests import ONLY_MASKED, GenerationRequest
-from app.generation.upscale import (
-    RESAMPLERS,
-    SD_X4_PREFIX,
-    X4_FACTOR,
-    UpscaleRequest,
-    lanczos,
-    network_pass_sizes,
-    output_size,
-    padded,
-    postprocess_parameters,
-    resampled,
-)
-from app.images.metadata import GenerationInfo, infotext
+from app.generation.infotext import PngInfo, png_info
+from app.generation.outputs import OutputWriter
+from app.generation.requests import GenerationRequest
+from app.generation.results import GeneratedImage, GenerationResult
+from app.generation.runner import GenerationRunner
+from app.generation.upscale import SD_X4_PREFIX, UpscalerChoice, UpscaleRequest, output_size, resampler_choices
+from app.generation.upscaling import UpscaleRunner
 from app.images.store import OutputStore
-from app.images.tiles import tile_grid, tiled
-from app.images.watermark import apply_watermark
-from app.jobs import UNFINISHED, Job, JobQueue
+from app.job_queue import JobQueue
+from app.jobs import Job
+from app.kinds import JobKind, UpscalerKind
+from app.models.demo import DEMO_MODEL_NAME, save_demo_model
+from app.models.detect import Prediction
 from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
-from app.models.families import LABELS, SD1, watermark_key
-from app.models.manager import IMG2IMG, INPAINT, TXT2IMG, LoadedModel, ModelManager
-from app.models.registry import ModelEntry, ModelRegistry, VaeEntry
+from app.models.manager import ModelManager
+from app.models.registry import ModelEntry, ModelFolders, ModelRegistry, VaeEntry
+from app.models.upscalers import UpscalerEntry
 from app.settings import Settings
-
-UPSCALE = "upscale"
-
-_CATEGORIES = {TXT2IMG: "txt2img-images", IMG2IMG: "img2img-images", INPAINT: "img2img-images"}
-
-
-@dataclass
-class _Partial:
-    """A generation between its turns: what it has made so far, on which checkpoint."""
-
-    started: float
-    model_title: str | None = None
-    batch: int = 0
-    images: list["GeneratedImage"] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-class Interrupted(Exception):
-    """Raised from a step callback to stop a pipeline that has no interrupt flag (the x4 upscaler)."""
-
-
-@dataclass
-class GeneratedImage:
-    image: Image.Image
-    path: Path | None        # None when the request asked not to save
-    seed: int
-    parameters: str          # the A1111 infotext written into the PNG
-
-
-@dataclass
-class GenerationResult:
-    images: list[GeneratedImage]
-    interrupted: bool = False
-    notes: list[str] = field(default_factory=list)   # things the user should know (e.g. demo noise)
-    seconds: float = 0.0
-    model: ModelEntry | None = None                   # the checkpoint that made them
-
-    @property
-    def seeds(self) -> list[int]:
-        return [image.seed for image in self.images]
 
 
 @dataclass(frozen=True)
 class EngineStatus:
-    device: str              # one sentence: where generation runs and how fast to expect it
+    device: str              # one sentence: where generation runs, in which precision, how fast to expect it
     model: ModelEntry | None
     queued: int
     running: bool
 
 
 class Engine:
-    def __init__(self, settings: Settings, manager: ModelManager, store: OutputStore):
+    def __init__(self, settings: Settings, models: ModelManager, store: OutputStore):
         self.settings = settings
-        self.models = manager
-        self.store = store
+        self._models = models
+        self._registry = models.registry
+        self._store = store
+        writer = OutputWriter(store, watermark=settings.watermark)
+        self._generation = GenerationRunner(models, writer, preview_every=settings.preview_every)
+        self._upscaling = UpscaleRunner(models, writer)
         self._queue = JobQueue(self._run, max_size=settings.queue_size, max_per_owner=settings.queue_per_user)
 
-    # --- what the UI and the API call -------------------------------------------------------
+    # --- jobs -------------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, owner: str = "local") -> Job:
         """Validate and queue; raises InvalidRequest (or ModelNotFound) at once for a request that cannot run.
@@ -109,28 +68,22 @@ class Engine:
         `owner` is who asked (a user name or address): the queue takes turns between owners."""
         request = request.validated()
         if request.model is not None:
-            request.model = self.models.registry.find(request.model).title  # unknown names fail now, not later
-        kind = INPAINT if request.is_inpaint else IMG2IMG if request.is_img2img else TXT2IMG
+            request.model = self._registry.find(request.model).title  # unknown names fail now, not later
         strength = request.strength if request.is_img2img else 1.0
         cost = request.steps * strength * request.batch_size * request.width * request.height / 512**2
-        return self._queue.submit(Job(request, kind, owner, turns=request.batch_count, turn_cost=cost))
+        return self._queue.submit(Job(request, request.kind, owner, turns=request.batch_count, turn_cost=cost))
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
         """Submit and wait: for scripts and tests."""
         return self.submit(request).wait(timeout)
 
-    def upscaler_names(self) -> list[str]:
-        """Resamplers, then the ESRGAN-family files, then the SD x4 diffusion upscalers."""
-        networks = [entry.name for entry in self.models.network_upscalers()]
-        return [*RESAMPLERS, *networks, *(SD_X4_PREFIX + entry.title for entry in self.models.upscalers())]
-
     def submit_upscale(self, request: UpscaleRequest, owner: str = "local") -> Job:
         """Validate and queue an upscale; raises InvalidRequest at once for one that cannot run."""
-        request = request.validated(self.upscaler_names())
+        request = request.validated(self.upscalers())
         width, height = output_size(request.image.size, request.scale)
         work = width * height / 512**2 * (request.steps if request.is_diffusion else 1)
-        speed = "diffusion" if request.is_diffusion else "network" if request.is_network else "resample"
-        return self._queue.submit(Job(request, UPSCALE, owner, turn_cost=work, rate_key=f"{UPSCALE}:{speed}"))
+        rate_key = f"{JobKind.UPSCALE.value}:{request.kind.value}"  # each kind runs at its own speed
+        return self._queue.submit(Job(request, JobKind.UPSCALE, owner, turn_cost=work, rate_key=rate_key))
 
     def upscale(self, request: UpscaleRequest, timeout: float | None = None) -> GeneratedImage:
         """Submit and wait: for scripts and tests."""
@@ -177,15 +130,86 @@ class Engine:
 
     def status(self) -> EngineStatus:
         return EngineStatus(
-            device=self.plan.description,
-            model=self.models.active,
+            device=self._models.plan.description,
+            model=self._models.active,
             queued=self._queue.waiting_count(),
             running=self._queue.running is not None,
         )
 
-    @property
-    def plan(self) -> DevicePlan:
-        return self.models.plan
+    # --- checkpoints and VAEs ---------------------------------------------------------------
+
+    def checkpoints(self) -> list[ModelEntry]:
+        """Every checkpoint file in the models folder, usable ones first; others carry the reason."""
+        return self._registry.entries
+
+    def selectable_checkpoints(self) -> list[ModelEntry]:
+        """The checkpoints that can be made the active one."""
+        return self._registry.selectable()
+
+    def generating_checkpoints(self) -> list[ModelEntry]:
+        """The checkpoints that make pictures from a prompt (the first is the default)."""
+        return self._registry.generating()
+
+    def active_checkpoint(self) -> ModelEntry | None:
+        return self._models.active
+
+    def select_checkpoint(self, title: str | None = None) -> ModelEntry:
+        """Make `title` (default: the first usable one) the active checkpoint, after the job running now."""
+        return self._models.load(title)
+
+    def set_prediction(self, title: str, prediction: Prediction) -> ModelEntry:
+        """The user's v-prediction or epsilon choice for an SD 2.x single file; reloads it if active."""
+        was_active = self._models.active is not None and self._models.active.title == title
+        entry = self._registry.set_prediction(title, prediction)
+        return self._models.load(entry.title) if was_active else entry
+
+    def vaes(self) -> list[VaeEntry]:
+        return self._registry.vaes
+
+    def vae_choice(self) -> str | None:
+        """The VAE chosen from models/VAE/ (None: each checkpoint's own)."""
+        return self._models.vae_choice
+
+    def select_vae(self, title: str | None) -> None:
+        self._models.select_vae(title)
+
+    def refresh_models(self) -> list[ModelEntry]:
+        """Scan the models folders again: files added or removed since appear or disappear."""
+        return self._registry.refresh()
+
+    def model_folders(self) -> ModelFolders:
+        return self._registry.folders
+
+    # --- upscalers --------------------------------------------------------------------------
+
+    def upscalers(self) -> list[UpscalerChoice]:
+        """Resamplers, then the ESRGAN-family files, then the SD x4 diffusion upscalers."""
+        networks = [
+            UpscalerChoice(entry.name, UpscalerKind.NETWORK, entry.name, entry.scale, entry.architecture, entry.path)
+            for entry in self._registry.networks()
+        ]
+        diffusion = [
+            UpscalerChoice(SD_X4_PREFIX + entry.title, UpscalerKind.DIFFUSION, entry.title, 4, "SD x4", entry.path)
+            for entry in self._registry.x4_upscalers()
+        ]
+        return [*resampler_choices(), *networks, *diffusion]
+
+    def unusable_upscalers(self) -> list[UpscalerEntry]:
+        """Files in the upscaler folder that cannot be used, each with the reason."""
+        return [entry for entry in self._registry.upscalers if entry.problem]
+
+    # --- outputs, pictures, downloads, names -----------------------------------------------
+
+    def outputs_folder(self) -> Path:
+        return self._store.root
+
+    def recent_outputs(self, category: str | None = None, limit: int = 50) -> list[Path]:
+        """The latest saved pictures, newest first ("txt2img-images", ...; None: every category)."""
+        return self._store.recent(category, limit=limit)
+
+    def read_png_info(self, image: Image.Image) -> PngInfo:
+        """How a picture was made (its A1111 text and watermark) and the request fields to make it again."""
+        return png_info(image)
 
     def download_catalog(self) -> list[CatalogEntry]:
         """The default checkpoints Easel offers to download (nothing downloads unless asked)."""
@@ -201,9 +225,9 @@ class Engine:
         entry = next((e for e in self.download_catalog() if e.id == catalog_id), None)
         if entry is None:
             raise ModelNotFound(f"There is no download called '{catalog_id}'.")
-        path = download_model(entry, self.models.registry.checkpoint_dir, on_progress=on_progress, cancel=cancel)
-        self.models.refresh()
-        return self.models.registry.find(path.name)
+        path = download_model(entry, self._registry.checkpoint_dir, on_progress=on_progress, cancel=cancel)
+        self._registry.refresh()
+        return self._registry.find(path.name)
 
     def sampler_names(self) -> list[str]:
         return samplers.sampler_names()
@@ -213,218 +237,30 @@ class Engine:
 
     def close(self) -> None:
         self._queue.close()
-        self.models.unload()
-        self.models.unload_upscaler()
-
-    # --- one job ----------------------------------------------------------------------------
+        self._models.close()
 
     def _run(self, job: Job):
-        if job.kind == UPSCALE:
-            return self._upscale(job)
-        return self._generate(job)
-
-    def _upscale(self, job: Job) -> GeneratedImage:
-        request: UpscaleRequest = job.request
-        size = output_size(request.image.size, request.scale)
-        if request.is_diffusion:
-            with self.models.use_upscaler(request.model_title) as pipe:
-                picture = lanczos(self._x4_upscaled(job, pipe), size)
-        elif request.is_network:
-            picture = lanczos(self._network_upscaled_with_retry(job, size), size)
-        else:
-            picture = resampled(request.image, size, request.upscaler)
-        parameters = postprocess_parameters(request)
-        path = self.store.save(picture, parameters, "extras-images", seed=None) if request.save else None
-        return GeneratedImage(image=picture, path=path, seed=request.seed, parameters=parameters)
-
-    def _network_upscaled_with_retry(self, job: Job, size: tuple[int, int]) -> Image.Image:
-        """An ESRGAN-family network towards `size`; out of memory steps the memory mode down and retries."""
-        while True:
-            try:
-                with self.models.use_network(job.request.upscaler) as network:
-                    return self._network_upscaled(job, network, size)
-            except Exception as error:
-                if not is_out_of_memory(error):
-                    raise
-                self.models.degrade()  # raises when there is no lower mode
-
-    def _network_upscaled(self, job: Job, network, size: tuple[int, int]) -> Image.Image:
-        request: UpscaleRequest = job.request
-        passes = network_pass_sizes(request.image.size, size, network.scale)
-        tiles = sum(len(tile_grid(pass_size, request.tile, request.overlap)) for pass_size in passes)
-        tiles_done = 0
-
-        def report(done: int, total: int) -> None:
-            nonlocal tiles_done
-            tiles_done += 1
-            job.report(step=tiles_done, steps=tiles)
-            if job.cancelled:
-                raise Interrupted()
-
-        picture = request.image
-        try:
-            for pass_size in passes:
-                picture = network_upscaled(network, lanczos(picture, pass_size), request.tile, request.overlap, report)
-        except Interrupted:
-            raise EaselError("The upscale was interrupted; nothing was saved.") from None
-        return picture
-
-    def _x4_upscaled(self, job: Job, pipe) -> Image.Image:
-        """The SD x4 diffusion upscaler over the picture, tile by tile, one seed for every tile."""
-        request: UpscaleRequest = job.request
-        embeddings = encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt)
-        tiles = len(tile_grid(request.image.size, request.tile, request.overlap))
-        tiles_done = 0
-
-        def report(step: int, timestep, latents) -> None:
-            if job.cancelled:
-                raise Interrupted()
-            job.report(step=tiles_done * request.steps + step + 1, steps=tiles * request.steps)
-
-        def one_tile(tile: Image.Image) -> Image.Image:
-            nonlocal tiles_done
-            # The model needs sides that are multiples of 8: pad with the edge, crop the result.
-            result = run_x4(pipe, padded(tile, 8), request, embeddings, report)
-            tiles_done += 1
-            return result.crop((0, 0, tile.width * X4_FACTOR, tile.height * X4_FACTOR))
-
-        try:
-            return tiled(request.image, one_tile, X4_FACTOR, request.tile, request.overlap)
-        except Interrupted:
-            raise EaselError("The upscale was interrupted; nothing was saved.") from None
-
-    def _generate(self, job: Job) -> GenerationResult:
-        """One turn of a generation: its next batch. Returns UNFINISHED while batches remain, so the
-        queue can give other users a turn in between; the images so far wait in `job.partial`."""
-        request: GenerationRequest = job.request
-        partial: _Partial = job.partial or _Partial(started=time.monotonic())
-        job.partial = partial
-        # The checkpoint is fixed at the first turn: later batches never switch to another user's choice.
-        with self.models.use(partial.model_title or request.model) as loaded:
-            partial.model_title = loaded.entry.title
-            if not job.cancelled and partial.batch < request.batch_count:
-                pipe = self.models.pipeline_for(job.kind)
-                embeddings = encode_prompt_pair(
-                    pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
-                )
-                batch = partial.batch
-                job.report(batch=batch, batches=request.batch_count, step=0)
-                seeds = request.seeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
-                pictures = self._batch_with_retry(job, loaded, embeddings, seeds, partial.notes)
-                partial.images += [self._save(job, loaded.entry, p, seed) for p, seed in zip(pictures, seeds)]
-                partial.batch += 1
-            if partial.batch < request.batch_count and not job.cancelled:
-                return UNFINISHED
-            return GenerationResult(
-                images=partial.images,
-                interrupted=job.cancelled,
-                notes=self._notes(loaded.entry) + partial.notes,
-                seconds=time.monotonic() - partial.started,
-                model=loaded.entry,
-            )
-
-    def _batch_with_retry(self, job: Job, loaded: LoadedModel, embeddings, seeds: list[int], notes: list[str]):
-        """One batch; out of memory steps the memory mode down and runs the same batch again."""
-        while True:
-            pipe = self.models.pipeline_for(job.kind)  # again: a step down may have moved it
-            try:
-                return self._batch(job, pipe, loaded, embeddings, seeds)
-            except Exception as error:
-                if not is_out_of_memory(error):
-                    raise
-                mode = self.models.degrade()  # raises when there is no lower mode
-                notes.append(f"Ran out of memory, so Easel switched to a leaner mode and ran the batch again: {mode}")
-
-    def _batch(self, job: Job, pipe, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int]):
-        request: GenerationRequest = job.request
-        pipe.scheduler = samplers.build_scheduler(
-            samplers.SamplerChoice(request.sampler, request.schedule), loaded.scheduler_config, seeds
-        )
-        every = self.settings.preview_every
-
-        def on_step(step: int, steps: int, latents) -> bool:
-            preview = latent_preview(latents, (request.width, request.height)) if every and step % every == 0 else None
-            job.report(step=step, steps=steps, **({"preview": preview} if preview else {}))
-            return job.cancelled or job.skipping
-
-        canvas = prepared(request)
-        batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32, canvas.canvas)
-        job.skipped()
-        if batch.vae_float32 and not loaded.vae_float32:
-            self.models.remember_vae_float32()  # this model's VAE overflows in half precision
-        return [canvas.finish(picture) for picture in batch.images]
-
-    def _save(self, job: Job, entry: ModelEntry, picture: Image.Image, seed: int) -> GeneratedImage:
-        if self.settings.watermark:
-            picture = apply_watermark(picture, watermark_key(entry.family))
-        loaded = self.models.loaded
-        parameters = infotext(self._info(job.request, entry, seed, loaded.vae if loaded else None))
-        path = self.store.save(picture, parameters, _CATEGORIES[job.kind], seed) if job.request.save else None
-        return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
-
-    @staticmethod
-    def _info(request: GenerationRequest, entry: ModelEntry, seed: int, vae: VaeEntry | None) -> GenerationInfo:
-        return GenerationInfo(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            steps=request.steps,
-            sampler=request.sampler,
-            schedule_type=request.schedule,
-            cfg_scale=request.cfg_scale,
-            seed=seed,
-            width=request.width,
-            height=request.height,
-            model_name=entry.name,
-            model_hash=entry.model_hash,
-            denoising_strength=request.strength if request.is_img2img else None,
-            clip_skip=request.clip_skip,
-            extra={
-                "VAE": vae.path.stem if vae else None,
-                **_inpaint_keys(request),
-                "RNG": "CPU",  # noise comes from CPU generators, whatever the device
-            },
-            version=f"Easel {__version__}",
-        )
-
-    @staticmethod
-    def _notes(entry: ModelEntry) -> list[str]:
-        if entry.demo:
-            return [
-                f"'{entry.title}' is a tiny random demo model ({LABELS[entry.family]} architecture): "
-                "its images are noise. Put a real checkpoint into the models folder to make pictures."
-            ]
-        return []
+        if job.kind is JobKind.UPSCALE:
+            return self._upscaling.run(job)
+        return self._generation.turn(job)
 
 
-
-def _inpaint_keys(request: GenerationRequest) -> dict:
-    """A1111's infotext keys for inpainting settings."""
-    if not request.is_inpaint:
-        return {}
-    return {
-        "Mask blur": request.mask_blur,
-        "Inpaint area": "Only masked" if request.inpaint_area == ONLY_MASKED else None,
-        "Masked area padding": request.masked_padding if request.inpaint_area == ONLY_MASKED else None,
-    }
-
-
-DEMO_MODEL_NAME = "Easel demo - tiny random SD 1.x (draws noise)"
-
-
-def create_engine(settings: Settings, facts: HardwareFacts | None = None) -> Engine:
-    """The Engine for these settings: device plan, models (plus the demo model with --demo), outputs."""
+def model_manager(settings: Settings, facts: HardwareFacts | None = None) -> ModelManager:
+    """The model manager for these settings: device plan, the models folders (plus the demo model
+    with --demo), scanned."""
     facts = facts or probe_hardware()
     options = DeviceOptions(
         device=settings.device, lowvram=settings.lowvram, medvram=settings.medvram, no_half=settings.no_half
     )
-    plan = plan_device(facts, options)
     extra_roots: tuple[Path, ...] = ()
     if settings.demo:
-        from app.models.tiny import save_tiny_model  # only the demo needs it
-
-        save_tiny_model(settings.demo_models_dir / DEMO_MODEL_NAME, SD1)
+        save_demo_model(settings.demo_models_dir / DEMO_MODEL_NAME)
         extra_roots = (settings.demo_models_dir,)
     registry = ModelRegistry(settings.models_dir, extra_roots, cache_file=settings.cache_dir / "model-facts.json")
     registry.refresh()
-    manager = ModelManager(registry, plan, facts, settings.model_configs_dir)
-    return Engine(settings, manager, OutputStore(settings.outputs_dir))
+    return ModelManager(registry, plan_device(facts, options), facts, settings.model_configs_dir)
+
+
+def create_engine(settings: Settings, facts: HardwareFacts | None = None) -> Engine:
+    """The Engine for these settings (facts: the hardware, probed when not given)."""
+    return Engine(settings, model_manager(settings, facts), OutputStore(settings.outputs_dir))

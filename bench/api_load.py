@@ -38,15 +38,15 @@ def main() -> None:
     from app.engine import create_engine
     from app.generation.requests import GenerationRequest
     from app.settings import load_settings
+    from server.compose import serve
     from ui.app import build_ui
-    from ui.server import serve
 
     work = Path(tempfile.mkdtemp(prefix="easel-api-bench-"))
     settings = load_settings({"demo": True, "device": "cpu", "open_browser": False, "port": 0,
                               "models_dir": str(work / "models"), "outputs_dir": str(work / "outputs"),
                               "cache_dir": str(work / "cache"), "queue_size": 1000, "queue_per_user": 100})
     engine = create_engine(settings, HardwareFacts(cpu_threads=1))
-    engine.models.load()
+    engine.select_checkpoint()
     users = {f"user{i}": f"pw{i}" for i in range(args.clients)}
     credentials = Credentials({name: hash_password(password) for name, password in users.items()})
     server = serve(build_ui(engine), engine, settings, Access(credentials, credentials), LoginLimiter())

@@ -60,11 +60,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from app.devices import HardwareFacts
-    from app.engine import create_engine
+    from app.engine import Engine, model_manager
     from app.generation.upscale import NETWORK_OVERLAP, NETWORK_TILE, UpscaleRequest
+    from app.images.store import OutputStore
     from app.images.tiles import tile_grid
-    from app.models.tiny import tiny_esrgan_state_dict
     from app.settings import load_settings
+    from tools.tiny_models import tiny_esrgan_state_dict
 
     folder = args.workdir / "models" / "ESRGAN"
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,11 +77,12 @@ def main() -> None:
         "cache_dir": str(args.workdir / "cache"), "device": "cpu",
     })
     baseline = settled()
-    engine = create_engine(settings, HardwareFacts(cpu_threads=args.threads))
+    manager = model_manager(settings, HardwareFacts(cpu_threads=args.threads))
+    engine = Engine(settings, manager, OutputStore(settings.outputs_dir))
     tile = args.tile or NETWORK_TILE
     source = picture(args.size)
     started = time.perf_counter()
-    with engine.models.use_network(NAME) as network:
+    with manager.use_network(NAME) as network:
         parameters = sum(p.numel() for p in network.model.parameters())
     load_s = time.perf_counter() - started
     loaded = settled()

@@ -142,13 +142,13 @@ def build_one(config_name: str, target: Path, seed: int) -> None:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from app.models import families
-    from app.models.convert import save_single_file
+    from app.models.families import Family
     from app.models.loader import CONFIG_FOLDERS, MODEL_CONFIGS_DIR, tokenizer_for
+    from tools.ldm_convert import save_single_file
 
     folder = MODEL_CONFIGS_DIR / config_name
     family = next(f for f, name in CONFIG_FOLDERS.items() if name == config_name)
-    assert family in (families.SD1, families.SD2_V), family
+    assert family in (Family.SD1, Family.SD2_V), family
     started = time.monotonic()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")).half().eval()
@@ -210,10 +210,12 @@ def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
     from PIL import Image
 
     from app.devices import probe_hardware
-    from app.engine import create_engine
+    from app.engine import Engine, model_manager
     from app.generation.requests import GenerationRequest
+    from app.images.store import OutputStore
+    from app.kinds import JobKind
     from app.models import manager as manager_module
-    from app.models.manager import _SWAP_HEADROOM, IMG2IMG, INPAINT, model_bytes
+    from app.models.manager import _SWAP_HEADROOM, model_bytes
     from app.models.registry import file_sha256
     from app.settings import load_settings
 
@@ -230,8 +232,8 @@ def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
     })
     # float32 on the CPU, as the issue asks (a CPU with AVX-512 BF16/AMX would otherwise get bfloat16).
     facts = dataclasses.replace(probe_hardware(), cpu_bf16=False)
-    engine = create_engine(settings, facts)
-    manager = engine.models
+    manager = model_manager(settings, facts)
+    engine = Engine(settings, manager, OutputStore(settings.outputs_dir))
     assert manager.plan.dtype == torch.float32, manager.plan
     paths = {key: checkpoints / file_name for key, (_, file_name) in MODELS.items()}
     titles = {key: manager.registry.find(path.name).title for key, path in paths.items()}
@@ -264,11 +266,11 @@ def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
     square = np.zeros((64, 64), dtype=np.uint8)
     square[16:48, 16:48] = 255
 
-    def job(kind: str = "txt2img") -> None:
+    def job(kind: JobKind = JobKind.TXT2IMG) -> None:
         fields = dict(width=64, height=64)
-        if kind != "txt2img":
+        if kind is not JobKind.TXT2IMG:
             fields = dict(width=None, height=None, strength=0.5, init_image=grey)
-        if kind == INPAINT:
+        if kind is JobKind.INPAINT:
             fields["mask"] = Image.fromarray(square)
         engine.generate(GenerationRequest(prompt="a fox", steps=2, seed=1, **fields), 600)
 
@@ -296,9 +298,9 @@ def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
             started = time.monotonic()
             job()
             if number == 0:  # the img2img and inpaint siblings exist too, as after a session on A
-                job(IMG2IMG)
-                job(INPAINT)
-                assert set(manager.loaded.siblings) == {IMG2IMG, INPAINT}
+                job(JobKind.IMG2IMG)
+                job(JobKind.INPAINT)
+                assert set(manager.loaded.siblings) == {JobKind.IMG2IMG, JobKind.INPAINT}
             job_s = time.monotonic() - started
         peak = proc_status()["VmHWM"]
         status = settled()

@@ -18,7 +18,7 @@ short hash, cached on disk after the first run), load it (timed), then
    big run is cut short;
 2. Lanczos 512 -> 2048 (PIL, and through the engine, which also writes the PNG);
 3. the full run: 512x512 -> 2048x2048, 25 tiles, each tile's time printed as it finishes.
-Each tile is timed by wrapping the engine's `run_x4` (first step, later steps, decode), so the
+Each tile is timed by wrapping the upscale runner's `run_x4` (first step, later steps, decode), so the
 figures split into per step and per tile. --steps defaults to 2: on 2 CPU cores a full-size x4
 UNet step on a 128x128 latent (batch of 2) takes ~36 s and a tile's VAE decode ~50 s, so the
 default 512 -> 2048 run takes ~55 min (twice that with other work on the machine);
@@ -66,11 +66,11 @@ def build_one(target: Path, seed: int) -> None:
     from diffusers import AutoencoderKL, StableDiffusionUpscalePipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from app.models import families
-    from app.models.convert import save_single_file
+    from app.models.families import Family
     from app.models.loader import CONFIG_FOLDERS, MODEL_CONFIGS_DIR, tokenizer_for
+    from tools.ldm_convert import save_single_file
 
-    assert CONFIG_FOLDERS[families.X4_UPSCALER] == CONFIG
+    assert CONFIG_FOLDERS[Family.X4_UPSCALER] == CONFIG
     folder = MODEL_CONFIGS_DIR / CONFIG
     index = json.loads((folder / "model_index.json").read_text())
     started = time.monotonic()
@@ -83,7 +83,7 @@ def build_one(target: Path, seed: int) -> None:
         for name in ("scheduler", "low_res_scheduler")
     }
     pipe = StableDiffusionUpscalePipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer_for(families.X4_UPSCALER), unet=unet,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer_for(Family.X4_UPSCALER), unet=unet,
         max_noise_level=index["max_noise_level"], **schedulers,
     )
     built = time.monotonic()
@@ -127,7 +127,7 @@ class TileTiming:
 
 
 class TileClock:
-    """Wraps the engine's `run_x4` (one call per tile) and times each step through its callback."""
+    """Wraps the upscale runner's `run_x4` (one call per tile) and times each step through its callback."""
 
     def __init__(self):
         self.tiles: list[TileTiming] = []
@@ -135,7 +135,7 @@ class TileClock:
         self.started = 0.0
 
     def __enter__(self):
-        import app.engine as engine_module
+        import app.generation.upscaling as engine_module
 
         self._module = engine_module
         self._original = original = engine_module.run_x4
@@ -206,11 +206,12 @@ def measure(args, checkpoints: Path) -> dict:
     import torch
 
     from app.devices import probe_hardware
-    from app.engine import create_engine
+    from app.engine import Engine, model_manager
     from app.errors import EaselError
     from app.generation.upscale import LANCZOS, SD_X4_PREFIX, X4_OVERLAP, X4_TILE, UpscaleRequest, lanczos
+    from app.images.store import OutputStore
     from app.images.tiles import tile_grid
-    from app.models import families
+    from app.models.families import Family
     from app.models.manager import model_bytes
     from app.settings import load_settings
 
@@ -227,13 +228,14 @@ def measure(args, checkpoints: Path) -> dict:
     })
     # float32 on the CPU (a CPU with AVX-512 BF16/AMX would otherwise get bfloat16).
     facts = dataclasses.replace(probe_hardware(), cpu_bf16=False)
-    engine = create_engine(settings, facts)
-    manager = engine.models
+    manager = model_manager(settings, facts)
+    engine = Engine(settings, manager, OutputStore(settings.outputs_dir))
     assert manager.plan.dtype == torch.float32, manager.plan
     entry = manager.registry.find(FILE_NAME)
-    assert entry.problem is None and entry.family == families.X4_UPSCALER, entry
+    assert entry.problem is None and entry.family == Family.X4_UPSCALER, entry
     upscaler = SD_X4_PREFIX + entry.title
-    assert upscaler in engine.upscaler_names(), engine.upscaler_names()
+    names = [choice.name for choice in engine.upscalers()]
+    assert upscaler in names, names
     out: dict = dict(title=entry.title, file_bytes=entry.path.stat().st_size, threads=torch.get_num_threads(),
                      estimate=model_bytes(entry, torch.float32), plan=manager.plan.description)
 
@@ -246,7 +248,7 @@ def measure(args, checkpoints: Path) -> dict:
     reset_peak()
     with PeakSampler() as sampled:
         started = time.monotonic()
-        with manager.use_upscaler(entry.title):
+        with manager.use_x4(entry.title):
             pass  # loads it; it stays loaded for the jobs below
         out["load_s"] = time.monotonic() - started
     out["load_peak"] = (proc_status()["VmHWM"], sampled.anon, sampled.file)

@@ -11,15 +11,18 @@ import torch
 # On 2 cores, torch with 2 threads was ~200x slower than with 1 on tiny ops.
 torch.set_num_threads(1)
 
+import weakref
 from pathlib import Path
 
 import pytest
 
 from app.devices import HardwareFacts
-from app.engine import Engine, create_engine
-from app.models import families
-from app.models.tiny import save_tiny_configs, save_tiny_model
+from app.engine import Engine, model_manager
+from app.images.store import OutputStore
+from app.models.families import Family
+from app.models.manager import ModelManager
 from app.settings import load_settings
+from tools.tiny_models import save_tiny_configs, save_tiny_model
 
 TINY_SD1 = "tiny-sd15"
 TINY_SD2_V = "tiny-sd21-v"
@@ -30,8 +33,8 @@ CPU_ONLY = HardwareFacts(cpu_name="test", cpu_threads=1)
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A models folder as a user has it: two diffusers checkpoints (tiny, random, real architectures)."""
     models = tmp_path_factory.mktemp("models")
-    save_tiny_model(models / "Stable-diffusion" / TINY_SD1, families.SD1, seed=0)
-    save_tiny_model(models / "Stable-diffusion" / TINY_SD2_V, families.SD2_V, seed=1)
+    save_tiny_model(models / "Stable-diffusion" / TINY_SD1, Family.SD1, seed=0)
+    save_tiny_model(models / "Stable-diffusion" / TINY_SD2_V, Family.SD2_V, seed=1)
     return models
 
 
@@ -55,11 +58,31 @@ def make_settings(tmp_path: Path, models_dir: Path, **overrides):
     )
 
 
+_MODELS: "weakref.WeakKeyDictionary[Engine, ModelManager]" = weakref.WeakKeyDictionary()
+
+
+def make_engine(settings, facts: HardwareFacts = CPU_ONLY) -> Engine:
+    """An Engine as app.engine.create_engine makes it, whose model manager a test may look inside
+    (`models_of`): the UI and the API only ever see the Engine."""
+    return engine_over(settings, model_manager(settings, facts))
+
+
+def engine_over(settings, models: ModelManager) -> Engine:
+    """An Engine over a model manager the test made itself."""
+    engine = Engine(settings, models, OutputStore(settings.outputs_dir))
+    _MODELS[engine] = models
+    return engine
+
+
+def models_of(engine: Engine) -> ModelManager:
+    return _MODELS[engine]
+
+
 @pytest.fixture
 def engine(tiny_models_dir, tiny_configs_dir, tmp_path):
     """An Engine over the tiny models, CPU only, writing outputs under tmp_path/outputs."""
     settings = make_settings(tmp_path, tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
-    engine: Engine = create_engine(settings, CPU_ONLY)
-    engine.models.load(TINY_SD1)
+    engine: Engine = make_engine(settings)
+    engine.select_checkpoint(TINY_SD1)
     yield engine
     engine.close()

@@ -5,19 +5,19 @@ import threading
 import gradio as gr
 
 from app.engine import Engine
-from app.models import families
+from app.models.detect import FamilySource, Prediction
 from app.models.download import DownloadProgress
+from app.models.families import Family
 from app.models.registry import ModelEntry
 from ui.runner import page_error, user_message
 
 AUTOMATIC_VAE = "Automatic"
-PREDICTIONS = {"v-prediction (SD 2.x 768)": "v", "epsilon (SD 2.x base 512)": "epsilon"}
+PREDICTIONS = {"v-prediction (SD 2.x 768)": Prediction.V, "epsilon (SD 2.x base 512)": Prediction.EPSILON}
 
 
 def entry_label(entry: ModelEntry) -> str:
     """What the dropdown shows: A1111's "name [hash]", and why a file cannot be used."""
-    label = f"{entry.title} [{entry.model_hash}]" if entry.model_hash else entry.title
-    return f"{label}  (cannot be used)" if entry.problem else label
+    return f"{entry.a1111_title}  (cannot be used)" if entry.problem else entry.a1111_title
 
 
 def model_status(engine: Engine) -> str:
@@ -27,10 +27,10 @@ def model_status(engine: Engine) -> str:
         lines.append("No checkpoint loaded yet: the first generation loads one.")
     else:
         model = status.model
-        lines.append(f"Active checkpoint: **{model.title}** ({families.LABELS[model.family]}).")
+        lines.append(f"Active checkpoint: **{model.title}** ({model.family.label}).")
         if model.demo:
             lines.append("This is the tiny random demo model: it draws noise, not pictures.")
-        if model.family_source == "default":
+        if model.family_source is FamilySource.DEFAULT:
             lines.append(
                 "Nothing says whether this SD 2.x model is v-prediction or epsilon, so Easel assumes "
                 "v-prediction (768). If its pictures look like noise or flat colour, switch below."
@@ -40,20 +40,29 @@ def model_status(engine: Engine) -> str:
 
 
 def _choices(engine: Engine) -> list[tuple[str, str]]:
-    return [(entry_label(entry), entry.title) for entry in engine.models.entries()]
+    return [(entry_label(entry), entry.title) for entry in engine.checkpoints()]
+
+
+def _default_title(engine: Engine) -> str | None:
+    """The active checkpoint, else the one the first generation will load."""
+    active = engine.active_checkpoint()
+    if active is not None:
+        return active.title
+    usable = engine.generating_checkpoints()
+    return usable[0].title if usable else None
 
 
 def _prediction_state(engine: Engine) -> dict:
     """The v/epsilon switch: shown only for an SD 2.x single file (folders carry their own config)."""
-    active = engine.models.active
-    if active is None or active.family not in (families.SD2, families.SD2_V) or active.layout != "single-file":
+    active = engine.active_checkpoint()
+    if active is None or not active.prediction_is_a_choice:
         return {"visible": False, "value": None}
-    current = "v" if active.family == families.SD2_V else "epsilon"
-    return {"visible": True, "value": next(label for label, value in PREDICTIONS.items() if value == current)}
+    current = Prediction.V if active.family is Family.SD2_V else Prediction.EPSILON
+    return {"visible": True, "value": next(label for label, value in PREDICTIONS.items() if value is current)}
 
 
 def _vae_choices(engine: Engine) -> list[str]:
-    return [AUTOMATIC_VAE, *(vae.title for vae in engine.models.registry.vaes)]
+    return [AUTOMATIC_VAE, *(vae.title for vae in engine.vaes())]
 
 
 def _catalog_choices(engine: Engine) -> list[tuple[str, str]]:
@@ -70,20 +79,19 @@ def _progress_text(progress: DownloadProgress) -> str:
 
 
 def build_header(engine: Engine) -> None:
+    folders = engine.model_folders()
     with gr.Row(equal_height=True):
-        active = engine.models.active
         choices = _choices(engine)
-        usable = engine.models.generating_entries()
         checkpoint = gr.Dropdown(
             choices,
-            value=active.title if active else (usable[0].title if usable else None),
+            value=_default_title(engine),
             label="Stable Diffusion checkpoint",
-            info=None if choices else f"None found: put models into {engine.models.registry.checkpoint_dir}",
+            info=None if choices else f"None found: put models into {folders.checkpoints}",
             scale=4,
             elem_id="checkpoint",
         )
         vae = gr.Dropdown(
-            _vae_choices(engine), value=engine.models.vae_choice or AUTOMATIC_VAE, label="VAE",
+            _vae_choices(engine), value=engine.vae_choice() or AUTOMATIC_VAE, label="VAE",
             info="Automatic: the checkpoint's own", scale=2, elem_id="vae",
         )
         refresh = gr.Button("Refresh list", scale=0, min_width=120, elem_id="checkpoint-refresh")
@@ -91,10 +99,10 @@ def build_header(engine: Engine) -> None:
     prediction = gr.Radio(
         list(PREDICTIONS), label="This SD 2.x model is", elem_id="checkpoint-prediction", **_prediction_state(engine)
     )
-    with gr.Accordion("Download a model", open=not usable, elem_id="download"):
+    with gr.Accordion("Download a model", open=not engine.generating_checkpoints(), elem_id="download"):
         gr.Markdown(
             "Easel downloads only what you choose here, from huggingface.co, into "
-            f"`{engine.models.registry.checkpoint_dir}`. Downloads resume where they stopped and are "
+            f"`{folders.checkpoints}`. Downloads resume where they stopped and are "
             "checked before use."
         )
         catalog = _catalog_choices(engine)
@@ -108,35 +116,33 @@ def build_header(engine: Engine) -> None:
     def select(title: str | None):
         if title:
             try:
-                engine.models.load(title)
+                engine.select_checkpoint(title)
             except Exception as error:
                 raise page_error(user_message(error)) from None
         return model_status(engine), gr.update(**_prediction_state(engine))
 
     def rescan():
-        engine.models.refresh()
+        engine.refresh_models()
         choices = _choices(engine)
-        active = engine.models.active
         titles = [title for _, title in choices]
-        usable = engine.models.generating_entries()
+        active, usable = engine.active_checkpoint(), engine.generating_checkpoints()
         value = active.title if active and active.title in titles else (usable[0].title if usable else None)
-        vae_value = engine.models.vae_choice or AUTOMATIC_VAE
+        vae_value = engine.vae_choice() or AUTOMATIC_VAE
         return gr.update(choices=choices, value=value), gr.update(choices=_vae_choices(engine), value=vae_value), model_status(engine)
 
     def select_vae(title: str | None):
         try:
-            engine.models.select_vae(None if title in (None, AUTOMATIC_VAE) else title)
+            engine.select_vae(None if title in (None, AUTOMATIC_VAE) else title)
         except Exception as error:
             raise page_error(user_message(error)) from None
         return model_status(engine)
 
     def set_prediction(label: str | None):
-        active = engine.models.active
+        active = engine.active_checkpoint()
         if not label or active is None:
             return model_status(engine)
         try:
-            entry = engine.models.registry.set_prediction(active.title, PREDICTIONS[label])
-            engine.models.load(entry.title)
+            engine.set_prediction(active.title, PREDICTIONS[label])
         except Exception as error:
             raise page_error(user_message(error)) from None
         return model_status(engine)

@@ -75,7 +75,7 @@ def build_history_tab(engine: Engine) -> gr.Gallery:
 def history_items(engine: Engine, category: str | None = ALL, limit: int = HISTORY_LIMIT) -> list[tuple[str, str]]:
     """(path, caption) for the latest outputs of `category` ("all" or None: every category)."""
     chosen = None if category in (None, ALL) else category
-    return [(str(path), _caption(path)) for path in engine.store.recent(chosen, limit=limit)]
+    return [(str(path), _caption(path)) for path in engine.recent_outputs(chosen, limit=limit)]
 
 
 def selected_parameters(path: str | Path) -> str:
@@ -97,12 +97,12 @@ def _listing(engine: Engine, category: str | None) -> tuple[list[tuple[str, str]
     except OSError as error:
         reason = error.strerror or str(error)
         message = (
-            f"Could not read the outputs folder {engine.store.root}: {reason}. Check that it exists "
+            f"Could not read the outputs folder {engine.outputs_folder()}: {reason}. Check that it exists "
             "and that Easel may read it, then press Refresh."
         )
         return [], message, False
     if not items:
-        return [], f"Nothing here yet. Every picture you make is saved in `{engine.store.root}` and shows up here.", True
+        return [], f"Nothing here yet. Every picture you make is saved in `{engine.outputs_folder()}` and shows up here.", True
     more = " (the latest ones)" if len(items) >= HISTORY_LIMIT else ""
     return items, f"{len(items)} picture(s){more}, newest first. Click one to see how it was made.", True
 

@@ -9,7 +9,6 @@ import gradio as gr
 from PIL import Image
 
 from app.engine import Engine
-from app.generation.infotext import png_info, request_fields
 from app.images.watermark import MIN_SIDE, is_too_small
 
 NO_PARAMETERS = (
@@ -22,10 +21,6 @@ INTRO = (
 )
 NO_WATERMARK = "No invisible watermark found."
 TOO_SMALL = f"Too small to carry the watermark (under {MIN_SIDE} px)."
-_WATERMARK_ORIGINS = {
-    "StableDiffusionV1": "made with an SD 1.x model",
-    "SDV2": "made with an SD 2.x model",
-}
 TABLE_HEADERS = ["Setting", "Value"]
 
 
@@ -86,16 +81,11 @@ def pnginfo_outputs(engine: Engine, image: Image.Image | None) -> tuple:
     """(parameters text, table rows, watermark line, message line, request fields) for `image`."""
     if image is None:
         return "", [], "", INTRO, {}
-    info = png_info(image)
+    info = engine.read_png_info(image)
+    mark = watermark_line(image, info.watermark, info.watermark_origin)
     if info.parameters is None:
-        return "", [], watermark_line(image, info.watermark), NO_PARAMETERS, {}
-    return (
-        info.parameters,
-        field_rows(info.fields),
-        watermark_line(image, info.watermark),
-        "",
-        request_fields(info.fields),
-    )
+        return "", [], mark, NO_PARAMETERS, {}
+    return info.parameters, field_rows(info.fields), mark, "", info.request
 
 
 def field_rows(fields: dict[str, object]) -> list[list[str]]:
@@ -109,9 +99,8 @@ def field_rows(fields: dict[str, object]) -> list[list[str]]:
     return rows
 
 
-def watermark_line(image: Image.Image, watermark: str | None) -> str:
+def watermark_line(image: Image.Image, watermark: str | None, origin: str | None) -> str:
     if watermark is not None:
-        origin = _WATERMARK_ORIGINS.get(watermark)
         return f"Invisible watermark: {watermark}" + (f" ({origin})." if origin else ".")
     if is_too_small(image):
         return TOO_SMALL

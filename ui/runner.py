@@ -1,15 +1,18 @@
-"""Runs one generation for a tab: submit to the engine, stream progress and previews, show results.
+"""Runs a job for a tab: submit to the engine, follow it while it waits and runs, show the results.
 
-The engine does the work; this module only turns its `Job` into what the page shows.
+The engine does the work; this module only turns its `Job` into what the page shows. `submitted`,
+`followed` and `outcome` are the one submit-and-poll loop every tab uses.
 """
 
 import logging
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 
-from app.engine import Engine, GenerationResult
+from app.engine import Engine
 from app.errors import EaselError
 from app.generation.requests import GenerationRequest
+from app.generation.results import GenerationResult
 from app.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,33 @@ def owner_of(request: gr.Request | None) -> str:
     return f"guest@{client.host if client else 'unknown'}"
 
 
+def submitted(submit: Callable[[], Job]) -> Job:
+    """The job `submit()` queued; a request the engine refuses becomes a message in the page."""
+    try:
+        return submit()
+    except EaselError as error:
+        raise page_error(error.message) from None
+
+
+def followed(job: Job) -> Iterator[Job]:
+    """The job again each time something about it changes (its place in the queue, its progress),
+    until it is finished."""
+    seen = -1
+    while not job.finished:
+        seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
+        yield job
+
+
+def outcome(job: Job):
+    """The finished job's result; its error as a message in the page (a bug is logged as one)."""
+    try:
+        return job.wait()
+    except Exception as error:  # shown in the page, never as a stack trace
+        if not isinstance(error, EaselError):
+            log.exception("A job failed")
+        raise page_error(user_message(error)) from None
+
+
 def waiting_line(engine: Engine, job: Job) -> str:
     position = engine.position(job)
     eta = engine.eta_seconds(job)
@@ -55,7 +85,7 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(engine: Engine, job: Job) -> str:
-    if job.state.value == "queued":
+    if job.waiting:
         return waiting_line(engine, job)
     p = job.progress
     if not p.steps:
@@ -81,26 +111,18 @@ def result_status(result: GenerationResult) -> str:
 def generate(engine: Engine, request: GenerationRequest, progress: gr.Progress, owner: str = "local"):
     """A Gradio generator: yields (job, *ResultsPanel.outputs()) as the job runs."""
     unchanged = (gr.skip(),) * 4  # info, parameters, paths, seeds
-    try:
-        job = engine.submit(request, owner=owner)
-    except EaselError as error:
-        raise page_error(error.message) from None
-    seen = -1
-    while not job.finished:
-        seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
+    job = submitted(lambda: engine.submit(request, owner=owner))
+    for job in followed(job):
         p = job.progress
         if p.steps:
             progress(p.fraction, desc=progress_line(engine, job))
         preview = gr.update(value=p.preview, visible=True) if p.preview is not None else gr.skip()
         yield job, gr.skip(), preview, progress_line(engine, job), *unchanged, gr.skip()
     try:
-        result: GenerationResult = job.wait()
-    except Exception as error:  # shown in the page, never as a stack trace
-        if not isinstance(error, EaselError):
-            log.exception("Generation failed")
-        message = user_message(error)
-        yield None, gr.skip(), gr.update(visible=False), f"**Could not generate.** {message}", *unchanged, gr.skip()
-        raise page_error(message) from None
+        result: GenerationResult = outcome(job)
+    except gr.Error as error:
+        yield None, gr.skip(), gr.update(visible=False), f"**Could not generate.** {error.message}", *unchanged, gr.skip()
+        raise
     if result is None:  # cancelled before it started
         yield None, gr.skip(), gr.update(visible=False), "Cancelled before it started.", *unchanged, gr.skip()
         return

@@ -5,9 +5,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.engine import Engine
-from app.errors import EaselError
 from app.generation.upscale import LANCZOS, MAX_NOISE_LEVEL, MAX_SCALE, UpscaleRequest
-from ui.runner import POLL_SECONDS, owner_of, page_error, user_message, waiting_line
+from ui.runner import followed, outcome, owner_of, page_error, submitted, waiting_line
 
 
 @dataclass
@@ -21,7 +20,11 @@ def _short(folder) -> str:
 
 def _problems(engine: Engine) -> str:
     """Why files in the upscaler folder are missing from the list, one line each."""
-    return "\n".join(f"- {entry.problem}" for entry in engine.models.registry.upscalers if entry.problem)
+    return "\n".join(f"- {entry.problem}" for entry in engine.unusable_upscalers())
+
+
+def _names(engine: Engine) -> list[str]:
+    return [choice.name for choice in engine.upscalers()]
 
 
 def build_upscale_tab(engine: Engine) -> UpscaleTab:
@@ -32,10 +35,10 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
                              height=400, elem_id="upscale-image")
             with gr.Row():
                 upscaler = gr.Dropdown(
-                    engine.upscaler_names(), value=LANCZOS, label="Upscaler", elem_id="upscale-upscaler",
+                    _names(engine), value=LANCZOS, label="Upscaler", elem_id="upscale-upscaler",
                     # The folder by its short name: colleagues on the network need no server paths.
                     info="Lanczos needs no model. Drop ESRGAN-family files (.pth, .safetensors) into "
-                         f"{_short(engine.models.registry.upscaler_dirs[0])}; SD x4 models go with the checkpoints.",
+                         f"{_short(engine.model_folders().upscalers)}; SD x4 models go with the checkpoints.",
                 )
                 rescan = gr.Button("Refresh", scale=0, min_width=90, elem_id="upscale-refresh")
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Scale", elem_id="upscale-scale")
@@ -64,27 +67,19 @@ def build_upscale_tab(engine: Engine) -> UpscaleTab:
             image=picture, scale=factor, upscaler=chosen, prompt=prompt_text, negative_prompt=negative_text,
             noise_level=noise_level, steps=step_count, cfg_scale=guidance, seed=seed_value,
         )
-        try:
-            job = engine.submit_upscale(wanted, owner=owner_of(request))
-        except EaselError as error:
-            raise page_error(error.message) from None
-        seen = -1
-        while not job.finished:
-            seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
-            if job.state.value == "queued":
+        job = submitted(lambda: engine.submit_upscale(wanted, owner=owner_of(request)))
+        for job in followed(job):
+            if job.waiting:
                 yield waiting_line(engine, job), gr.skip(), gr.skip()
             elif job.progress.steps:
                 progress(job.progress.fraction, desc=f"Step {job.progress.step}/{job.progress.steps}")
                 yield f"Upscaling: step {job.progress.step} of {job.progress.steps}", gr.skip(), gr.skip()
-        try:
-            done = job.wait()
-        except Exception as error:
-            raise page_error(user_message(error)) from None
+        done = outcome(job)
         yield f"Done: {done.image.width}x{done.image.height}, saved as {done.path.name}.", str(done.path), done.parameters
 
     def refreshed(chosen: str | None):
-        engine.models.refresh()
-        names = engine.upscaler_names()
+        engine.refresh_models()
+        names = _names(engine)
         return gr.update(choices=names, value=chosen if chosen in names else LANCZOS), _problems(engine)
 
     rescan.click(refreshed, inputs=upscaler, outputs=[upscaler, problems], queue=False, api_visibility="private")

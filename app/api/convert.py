@@ -16,9 +16,10 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from app.api.schemas import ExtraSingleImageRequest, Img2ImgRequest, Txt2ImgRequest
-from app.engine import GeneratedImage, GenerationResult
 from app.errors import InvalidRequest
+from app.generation.a1111 import api_fields, api_request_fields
 from app.generation.requests import MAX_INIT_PIXELS, ONLY_MASKED, WHOLE_PICTURE, GenerationRequest
+from app.generation.results import GeneratedImage, GenerationResult
 from app.generation.upscale import LANCZOS, UpscaleRequest
 from app.images.metadata import png_pnginfo
 from app.images.transform import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL
@@ -26,6 +27,11 @@ from app.images.transform import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _RESIZE_MODES = {0: JUST_RESIZE, 1: CROP_AND_RESIZE, 2: RESIZE_AND_FILL}
 NO_UPSCALER = "None"
+# What the shared field mapping reads from a txt2img/img2img body; images are decoded here.
+_REQUEST_FIELDS = {
+    "prompt", "negative_prompt", "sampler_name", "sampler_index", "scheduler", "steps", "cfg_scale", "width",
+    "height", "seed", "n_iter", "batch_size", "override_settings", "save_images",
+}
 
 
 def decoded_image(data: object, what: str = "image") -> Image.Image:
@@ -88,32 +94,10 @@ def unsupported(request: Txt2ImgRequest) -> None:
         raise InvalidRequest("Variation seeds (subseed_strength) are not available in Easel yet. Send 0.")
 
 
-def _model_override(request: Txt2ImgRequest) -> str | None:
-    overrides = request.override_settings or {}
-    model = overrides.get("sd_model_checkpoint")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest("override_settings.sd_model_checkpoint must be a checkpoint title (text).")
-    return model or None
-
-
 def generation_request(request: Txt2ImgRequest) -> GenerationRequest:
     unsupported(request)
-    return GenerationRequest(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        sampler=request.sampler_name or request.sampler_index or "Euler",  # A1111 API default
-        schedule=request.scheduler,
-        steps=request.steps,
-        cfg_scale=request.cfg_scale,
-        width=request.width,
-        height=request.height,
-        seed=request.seed,
-        batch_count=request.n_iter,
-        batch_size=request.batch_size,
-        clip_skip=(request.override_settings or {}).get("CLIP_stop_at_last_layers", 1),
-        model=_model_override(request),
-        save=request.save_images,
-    )
+    fields = _REQUEST_FIELDS | ({"denoising_strength"} if isinstance(request, Img2ImgRequest) else set())
+    return GenerationRequest(**api_request_fields(request.model_dump(include=fields)))
 
 
 def img2img_request(request: Img2ImgRequest) -> GenerationRequest:
@@ -123,7 +107,6 @@ def img2img_request(request: Img2ImgRequest) -> GenerationRequest:
         raise InvalidRequest("resize_mode must be 0 (just resize), 1 (crop and resize) or 2 (resize and fill).")
     base = generation_request(request)
     base.init_image = decoded_image(request.init_images[0], "init image")
-    base.strength = request.denoising_strength
     base.resize_mode = _RESIZE_MODES[request.resize_mode]
     if request.mask:
         mask = decoded_image(request.mask, "mask").convert("L")
@@ -136,7 +119,7 @@ def img2img_request(request: Img2ImgRequest) -> GenerationRequest:
     return base
 
 
-def upscale_request(request: ExtraSingleImageRequest, upscalers: list[str]) -> UpscaleRequest:
+def upscale_request(request: ExtraSingleImageRequest) -> UpscaleRequest:
     if request.gfpgan_visibility or request.codeformer_visibility:
         raise InvalidRequest("Face restoration (GFPGAN, CodeFormer) is not available in Easel. Send 0 visibility.")
     if request.upscaler_2 not in (NO_UPSCALER, None, "") and request.extras_upscaler_2_visibility:
@@ -156,27 +139,18 @@ def upscale_request(request: ExtraSingleImageRequest, upscalers: list[str]) -> U
 
 def generation_info(result: GenerationResult, request: GenerationRequest, model_name: str | None) -> str:
     """A1111's `info` JSON for a generation."""
-    first = result.images[0].seed if result.images else request.seed
+    count = len(result.images)
     return json.dumps({
-        "prompt": request.prompt,
-        "all_prompts": [request.prompt] * len(result.images),
-        "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * len(result.images),
-        "seed": first,
+        **api_fields(request),
+        "all_prompts": [request.prompt] * count,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": result.images[0].seed if result.images else request.seed,
         "all_seeds": result.seeds,
         "subseed": -1,
-        "all_subseeds": [-1] * len(result.images),
+        "all_subseeds": [-1] * count,
         "subseed_strength": 0,
-        "width": request.width,
-        "height": request.height,
-        "sampler_name": request.sampler,
-        "cfg_scale": request.cfg_scale,
-        "steps": request.steps,
-        "batch_size": request.batch_size,
         "restore_faces": False,
         "sd_model_name": model_name,
-        "denoising_strength": request.strength if request.is_img2img else None,
-        "clip_skip": request.clip_skip,
         "index_of_first_image": 0,
         "infotexts": [image.parameters for image in result.images],
         "styles": [],

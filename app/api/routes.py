@@ -42,12 +42,10 @@ from app.errors import (
     QueueFull,
     TooManyAttempts,
 )
-from app.generation.infotext import png_info
-from app.generation.upscale import RESAMPLERS, SD_X4_PREFIX
-from app.models import families
 
 log = logging.getLogger(__name__)
 PREFIX = "/sdapi/v1"
+AUTOMATIC_VAE = "Automatic"  # A1111's sd_vae value for "the checkpoint's own VAE"
 # Status for each error a request can meet; anything else is Easel's fault (500).
 _STATUS = {
     InvalidRequest: 422,
@@ -167,36 +165,34 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
     @router.post("/extra-single-image", response_model=ExtraSingleImageResponse)
     def extra_single_image(body: ExtraSingleImageRequest, owner: str = Depends(caller)):
         """One picture upscaled with `upscaler_1` (a name from /upscalers; "None" is Lanczos)."""
-        request = convert.upscale_request(body, engine.upscaler_names())
-        done = engine.submit_upscale(request, owner=owner).wait()
+        done = engine.submit_upscale(convert.upscale_request(body), owner=owner).wait()
         return ExtraSingleImageResponse(image=convert.upscaled_image(done), html_info=done.parameters)
 
     @router.post("/png-info", response_model=PngInfoResponse)
     def read_png_info(body: PngInfoRequest):
         """The A1111 parameters written in a picture, as text and as fields."""
-        info = png_info(convert.decoded_image(body.image))
+        info = engine.read_png_info(convert.decoded_image(body.image))
         return PngInfoResponse(info=info.parameters or "", items={"parameters": info.parameters} if info.parameters else {},
                                parameters={key: _plain(value) for key, value in info.fields.items()})
 
     @router.get("/sd-models", response_model=list[SdModel])
     def sd_models():
         """The checkpoints that can make pictures (titles are what `sd_model_checkpoint` takes)."""
-        return [_sd_model(entry) for entry in engine.models.entries()
-                if entry.problem is None and entry.family != families.X4_UPSCALER]
+        return [_sd_model(entry) for entry in engine.selectable_checkpoints()]
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
         """Scan the models folder again for added or removed files."""
-        engine.models.refresh()
+        engine.refresh_models()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
         """The active checkpoint and VAE, as A1111 names them."""
-        active = engine.models.active
+        active = engine.active_checkpoint()
         return {
-            "sd_model_checkpoint": _title(active) if active else None,
+            "sd_model_checkpoint": active.a1111_title if active else None,
             "sd_checkpoint_hash": active.model_hash if active else None,
-            "sd_vae": engine.models.vae_choice or "Automatic",
+            "sd_vae": engine.vae_choice() or AUTOMATIC_VAE,
             "samples_format": "png",
             "CLIP_stop_at_last_layers": 1,
         }
@@ -209,12 +205,12 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
             vae = body["sd_vae"]
             if vae is not None and not isinstance(vae, str):
                 raise InvalidRequest("sd_vae must be a VAE's file name, or \"Automatic\".")
-            engine.models.select_vae(None if vae in (None, "", "Automatic", "None") else vae)
+            engine.select_vae(None if vae in (None, "", AUTOMATIC_VAE, "None") else vae)
         if "sd_model_checkpoint" in body:
             title = body["sd_model_checkpoint"]
             if not isinstance(title, str) or not title.strip():
                 raise InvalidRequest("sd_model_checkpoint must be a checkpoint title from /sdapi/v1/sd-models.")
-            engine.models.load(title)
+            engine.select_checkpoint(title)
 
     @router.get("/samplers", response_model=list[Sampler])
     def samplers():
@@ -226,17 +222,10 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
 
     @router.get("/upscalers", response_model=list[Upscaler])
     def upscalers():
-        networks = {entry.name: entry for entry in engine.models.network_upscalers()}
-        listed = [Upscaler(name="None", model_name=None, model_path=None, scale=4)]
-        for name in engine.upscaler_names():
-            if name in RESAMPLERS:
-                listed.append(Upscaler(name=name, model_name=None, model_path=None, scale=4))
-            elif name in networks:
-                entry = networks[name]
-                listed.append(Upscaler(name=name, model_name=entry.architecture, model_path=str(entry.path.name),
-                                       scale=entry.scale))
-            elif name.startswith(SD_X4_PREFIX):
-                listed.append(Upscaler(name=name, model_name="SD x4", model_path=name[len(SD_X4_PREFIX):], scale=4))
+        listed = [Upscaler(name=convert.NO_UPSCALER, model_name=None, model_path=None, scale=4)]
+        for choice in engine.upscalers():
+            listed.append(Upscaler(name=choice.name, model_name=choice.architecture,
+                                   model_path=choice.path.name if choice.path else None, scale=choice.scale or 4))
         return listed
 
     @router.get("/progress", response_model=ProgressResponse)
@@ -275,13 +264,8 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
     return router
 
 
-def _title(entry) -> str:
-    """A1111's title: "name [hash]" once the hash is known."""
-    return f"{entry.title} [{entry.model_hash}]" if entry.model_hash else entry.title
-
-
 def _sd_model(entry) -> SdModel:
-    return SdModel(title=_title(entry), model_name=entry.name, hash=entry.model_hash, sha256=None,
+    return SdModel(title=entry.a1111_title, model_name=entry.name, hash=entry.model_hash, sha256=None,
                    filename=str(entry.path.name), config=None)
 
 

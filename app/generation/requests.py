@@ -14,6 +14,8 @@ from PIL import Image, ImageOps
 from app.errors import InvalidRequest
 from app.generation.samplers import DEFAULT_SAMPLER, resolve_sampler
 from app.images.transform import JUST_RESIZE, RESIZE_MODES, resized
+from app.kinds import JobKind
+from app.validation import integer, number, shown, text
 
 SIZE_STEP = 8          # the VAE works on 1/8 of the image
 MIN_SIZE = 64
@@ -22,7 +24,6 @@ MAX_STEPS = 150
 MAX_CFG = 30.0
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
-MAX_PROMPT_CHARS = 20_000
 MAX_SEED = 2**32 - 1
 MAX_INIT_PIXELS = 8192 * 8192
 MAX_MASK_BLUR = 64
@@ -64,6 +65,10 @@ class GenerationRequest:
         return self.mask is not None
 
     @property
+    def kind(self) -> JobKind:
+        return JobKind.INPAINT if self.is_inpaint else JobKind.IMG2IMG if self.is_img2img else JobKind.TXT2IMG
+
+    @property
     def image_count(self) -> int:
         return self.batch_count * self.batch_size
 
@@ -81,23 +86,23 @@ class GenerationRequest:
             raise InvalidRequest(f"Inpaint area must be '{WHOLE_PICTURE}' or '{ONLY_MASKED}'.")
         return replace(
             self,
-            prompt=_text(self.prompt, "prompt"),
-            negative_prompt=_text(self.negative_prompt, "negative prompt"),
+            prompt=text(self.prompt, "prompt"),
+            negative_prompt=text(self.negative_prompt, "negative prompt"),
             sampler=choice.sampler,
             schedule=choice.schedule,
-            steps=_integer(self.steps, "Steps", 1, MAX_STEPS),
-            cfg_scale=_number(self.cfg_scale, "CFG scale", 0.0, MAX_CFG),
+            steps=integer(self.steps, "Steps", 1, MAX_STEPS),
+            cfg_scale=number(self.cfg_scale, "CFG scale", 0.0, MAX_CFG),
             width=width,
             height=height,
             seed=_seed(self.seed),
-            batch_count=_integer(self.batch_count, "Batch count", 1, MAX_BATCH_COUNT),
-            batch_size=_integer(self.batch_size, "Batch size", 1, MAX_BATCH_SIZE),
-            clip_skip=_integer(self.clip_skip, "Clip skip", 1, 12),
+            batch_count=integer(self.batch_count, "Batch count", 1, MAX_BATCH_COUNT),
+            batch_size=integer(self.batch_size, "Batch size", 1, MAX_BATCH_SIZE),
+            clip_skip=integer(self.clip_skip, "Clip skip", 1, 12),
             init_image=resized(init_image, (width, height), self.resize_mode) if init_image else None,
-            strength=_number(self.strength, "Denoising strength", 0.0, 1.0),
+            strength=number(self.strength, "Denoising strength", 0.0, 1.0),
             mask=self._mask(init_image, (width, height)),
-            mask_blur=_integer(self.mask_blur, "Mask blur", 0, MAX_MASK_BLUR),
-            masked_padding=_integer(self.masked_padding, "Masked area padding", 0, MAX_MASK_PADDING),
+            mask_blur=integer(self.mask_blur, "Mask blur", 0, MAX_MASK_BLUR),
+            masked_padding=integer(self.masked_padding, "Masked area padding", 0, MAX_MASK_PADDING),
         )
 
     def _mask(self, init_image: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
@@ -120,64 +125,23 @@ class GenerationRequest:
         return _side(width, "Width"), _side(height, "Height")
 
 
-def _text(value, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidRequest(f"The {what} must be text.")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(
-            f"The {what} is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. Shorten it."
-        )
-    return value
-
-
-def _number(value, what: str, low: float, high: float) -> float:
-    limits = f"between {_plain(low)} and {_plain(high)}"
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too big for a float
-        raise InvalidRequest(f"{what} must be a number {limits}.") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidRequest(f"{what} must be {limits}; got {_shown(value)}.")
-    return number
-
-
-def _integer(value, what: str, low: int, high: int) -> int:
-    number = _number(value, what, low, high)
-    if number != int(number):
-        raise InvalidRequest(f"{what} must be a whole number between {low} and {high}; got {_shown(value)}.")
-    return int(number)
-
-
-def _plain(limit: float) -> str:
-    """4294967295, not 4.29497e+09: a user should read the exact limit."""
-    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
-
-
-def _shown(value) -> str:
-    """The offending value, cut short: a megabyte-long value has no place in a message."""
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _side(value, what: str) -> int:
     """Sizes snap to the nearest multiple of 8, as the model needs; out of range is refused."""
-    message = f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels; got {_shown(value)}."
+    message = f"{what} must be between {MIN_SIZE} and {MAX_SIZE} pixels; got {shown(value)}."
     try:
-        number = float(value)
+        side = float(value)
     except (TypeError, ValueError, OverflowError):
         raise InvalidRequest(message) from None
-    if not math.isfinite(number):
+    if not math.isfinite(side):
         raise InvalidRequest(message)
-    snapped = int(round(number / SIZE_STEP) * SIZE_STEP)
+    snapped = int(round(side / SIZE_STEP) * SIZE_STEP)
     if not MIN_SIZE <= snapped <= MAX_SIZE:
         raise InvalidRequest(message)
     return snapped
 
 
 def _seed(value) -> int:
-    seed = _integer(value, "Seed", -1, MAX_SEED) if value is not None else -1
+    seed = integer(value, "Seed", -1, MAX_SEED) if value is not None else -1
     return random.randrange(MAX_SEED + 1) if seed == -1 else seed
 
 

@@ -9,20 +9,22 @@ Both model kinds work in overlapping tiles, so any picture fits the memory the d
 a scale other than the model's own resizes afterwards.
 """
 
-import math
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image
 
 from app.errors import InvalidRequest
-from app.generation.requests import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, rgb_image
+from app.generation.requests import MAX_SEED, MAX_STEPS, rgb_image
 from app.images.metadata import parameters_line, read_parameters
+from app.kinds import UpscalerKind
+from app.validation import integer, number, text
 
 LANCZOS = "Lanczos"
 NEAREST = "Nearest"
 RESAMPLERS = {LANCZOS: Image.LANCZOS, NEAREST: Image.NEAREST}
-SD_X4_PREFIX = "SD x4: "      # + the checkpoint's title; any other name is an ESRGAN-family file
+SD_X4_PREFIX = "SD x4: "      # + the checkpoint's title: the name the SD x4 upscalers are listed by
 MAX_SCALE = 8.0
 MAX_OUTPUT_SIDE = 8192
 MAX_NOISE_LEVEL = 350
@@ -33,6 +35,22 @@ NETWORK_TILE = 256            # input pixels a side: a 4x RRDBNet tile then need
 NETWORK_OVERLAP = 16
 MAX_TILE = 1024
 MAX_NETWORK_PASSES = 3        # a 4x network reaches 8x in two passes; 1x restoration models run once
+
+
+@dataclass(frozen=True)
+class UpscalerChoice:
+    """One upscaler the user can pick: its name (what the list shows and A1111 clients send) and what it is."""
+
+    name: str
+    kind: UpscalerKind
+    model: str | None = None          # the network's file name (stem) or the SD x4 checkpoint's title
+    scale: int | None = None          # the model's own factor (None for resamplers: any scale)
+    architecture: str | None = None   # spandrel's name for a network ("ESRGAN"); "SD x4" for the diffusion model
+    path: Path | None = None
+
+
+def resampler_choices() -> list[UpscalerChoice]:
+    return [UpscalerChoice(name, UpscalerKind.RESAMPLER) for name in RESAMPLERS]
 
 
 @dataclass
@@ -51,39 +69,36 @@ class UpscaleRequest:
     overlap: int | None = None
     source_parameters: str | None = None  # the picture's own infotext, read before it is converted
     save: bool = True             # write the PNG to the outputs folder
+    choice: UpscalerChoice | None = None  # what `upscaler` names, set by validated()
+
+    @property
+    def kind(self) -> UpscalerKind:
+        return self.choice.kind
 
     @property
     def is_diffusion(self) -> bool:
-        return self.upscaler.startswith(SD_X4_PREFIX)
+        return self.kind is UpscalerKind.DIFFUSION
 
-    @property
-    def is_network(self) -> bool:
-        return not self.is_diffusion and self.upscaler not in RESAMPLERS
-
-    @property
-    def model_title(self) -> str:
-        return self.upscaler[len(SD_X4_PREFIX):]
-
-    def validated(self, upscalers: list[str]) -> "UpscaleRequest":
+    def validated(self, choices: list[UpscalerChoice]) -> "UpscaleRequest":
         # Read the parameters first: converting the picture may drop its PNG text.
         source = read_parameters(self.image) if isinstance(self.image, Image.Image) else None
         image = rgb_image(self.image)
-        scale = _number(self.scale, "The scale", 1.0, MAX_SCALE)
-        if self.upscaler not in upscalers:
-            raise InvalidRequest(f"Unknown upscaler '{self.upscaler}'. Choose one of: {', '.join(upscalers)}.")
+        scale = number(self.scale, "The scale", 1.0, MAX_SCALE)
+        choice = next((choice for choice in choices if choice.name == self.upscaler), None)
+        if choice is None:
+            names = ", ".join(choice.name for choice in choices)
+            raise InvalidRequest(f"Unknown upscaler '{self.upscaler}'. Choose one of: {names}.")
         width, height = output_size(image.size, scale)
         if max(width, height) > MAX_OUTPUT_SIDE:
             raise InvalidRequest(
                 f"{image.width}x{image.height} scaled by {scale:g} would be {width}x{height}; the limit is "
                 f"{MAX_OUTPUT_SIDE} pixels a side. Choose a smaller scale."
             )
-        for text, what in ((self.prompt, "prompt"), (self.negative_prompt, "negative prompt")):
-            if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
-                raise InvalidRequest(f"The {what} must be text of at most {MAX_PROMPT_CHARS:,} characters.")
-        seed = int(_number(self.seed, "Seed", -1, MAX_SEED))
-        default_tile, default_overlap = (X4_TILE, X4_OVERLAP) if self.is_diffusion else (NETWORK_TILE, NETWORK_OVERLAP)
-        tile = default_tile if self.tile is None else int(_number(self.tile, "Tile size", 32, MAX_TILE))
-        overlap = default_overlap if self.overlap is None else int(_number(self.overlap, "Tile overlap", 0, 128))
+        seed = integer(self.seed, "Seed", -1, MAX_SEED)
+        diffusion = choice.kind is UpscalerKind.DIFFUSION
+        default_tile, default_overlap = (X4_TILE, X4_OVERLAP) if diffusion else (NETWORK_TILE, NETWORK_OVERLAP)
+        tile = default_tile if self.tile is None else integer(self.tile, "Tile size", 32, MAX_TILE)
+        overlap = default_overlap if self.overlap is None else integer(self.overlap, "Tile overlap", 0, 128)
         if overlap * 2 > tile:
             raise InvalidRequest(f"The tile overlap ({overlap}) must be at most half the tile size ({tile}).")
         return replace(
@@ -91,23 +106,16 @@ class UpscaleRequest:
             image=image,
             source_parameters=self.source_parameters or source,
             scale=scale,
-            noise_level=int(_number(self.noise_level, "Noise level", 0, MAX_NOISE_LEVEL)),
-            steps=int(_number(self.steps, "Steps", 1, MAX_STEPS)),
-            cfg_scale=_number(self.cfg_scale, "CFG scale", 0.0, 30.0),
+            choice=choice,
+            prompt=text(self.prompt, "prompt"),
+            negative_prompt=text(self.negative_prompt, "negative prompt"),
+            noise_level=integer(self.noise_level, "Noise level", 0, MAX_NOISE_LEVEL),
+            steps=integer(self.steps, "Steps", 1, MAX_STEPS),
+            cfg_scale=number(self.cfg_scale, "CFG scale", 0.0, 30.0),
             seed=random.randrange(MAX_SEED + 1) if seed == -1 else seed,
             tile=tile,
             overlap=overlap,
         )
-
-
-def _number(value, what: str, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidRequest(f"{what} must be a number from {low:g} to {high:g}.") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidRequest(f"{what} must be from {low:g} to {high:g}; got {value}.")
-    return number
 
 
 def output_size(size: tuple[int, int], scale: float) -> tuple[int, int]:

@@ -11,25 +11,33 @@ import numpy as np
 from imwatermark import WatermarkDecoder, WatermarkEncoder
 from PIL import Image
 
-WATERMARK_TEXTS = {"sd1": "StableDiffusionV1", "sd2": "SDV2"}
-DEFAULT_FAMILY = "sd1"
+from app.models.families import Family
+
+SD1_MARK = "StableDiffusionV1"
+SD2_MARK = "SDV2"
+_ORIGINS = {SD1_MARK: "made with an SD 1.x model", SD2_MARK: "made with an SD 2.x model"}
 METHOD = "dwtDct"
 # The library raises below 256x256 (it checks the area; a side this short cannot hold the mark
 # reliably either).
 MIN_SIDE = 256
 
 
-def watermark_text(family: str) -> str:
-    """The text a model family is marked with; an unknown family gets SD 1.x's."""
-    return WATERMARK_TEXTS.get(family, WATERMARK_TEXTS[DEFAULT_FAMILY])
+def watermark_for(family: Family) -> str:
+    """The text a model family's images are marked with (SD 2.x: "SDV2", everything else SD 1.x's)."""
+    return SD2_MARK if family.is_sd2 else SD1_MARK
+
+
+def watermark_origin(text: str) -> str | None:
+    """What a watermark text found in an image says about it, in words."""
+    return _ORIGINS.get(text)
 
 
 def is_too_small(image: Image.Image) -> bool:
     return min(image.size) < MIN_SIDE
 
 
-def apply_watermark(image: Image.Image, family: str) -> Image.Image:
-    """A new RGB image carrying the family's watermark.
+def apply_watermark(image: Image.Image, text: str) -> Image.Image:
+    """A new RGB image carrying the watermark `text` (see `watermark_for`).
 
     An image with a side under `MIN_SIDE` pixels is returned as it is (the same object): it is
     too small to carry the mark, and leaving it unmarked beats failing the generation.
@@ -37,7 +45,7 @@ def apply_watermark(image: Image.Image, family: str) -> Image.Image:
     if is_too_small(image):
         return image
     encoder = WatermarkEncoder()
-    encoder.set_watermark("bytes", watermark_text(family).encode("utf-8"))
+    encoder.set_watermark("bytes", text.encode("utf-8"))
     marked_bgr = encoder.encode(bgr_array(image), METHOD)
     return Image.fromarray(np.ascontiguousarray(marked_bgr[:, :, ::-1]))
 
@@ -52,7 +60,7 @@ def detect_watermark(image: Image.Image) -> str | None:
         return None
     bgr = bgr_array(image)
     # Longest text first: its 136 bits are the least likely to match by chance.
-    for text in sorted(set(WATERMARK_TEXTS.values()), key=len, reverse=True):
+    for text in sorted(_ORIGINS, key=len, reverse=True):
         payload = text.encode("utf-8")
         decoder = WatermarkDecoder("bytes", len(payload) * 8)
         if decoder.decode(bgr, METHOD) == payload:

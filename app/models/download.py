@@ -24,7 +24,7 @@ import httpx
 from omegaconf import OmegaConf
 
 from app.errors import EaselError
-from app.models import families
+from app.models.families import Family
 from app.settings import APP_DIR
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class DownloadCancelled(DownloadError):
 class CatalogEntry:
     id: str
     title: str                # shown to users
-    family: str               # one of app.models.families
+    family: Family
     repository: str           # Hugging Face "owner/name"
     filename: str             # the file in the repository, and its name in the models folder
     size: int | None          # bytes; None where it could not be verified
@@ -91,7 +91,7 @@ def _catalog_entry(raw: dict, path: Path) -> CatalogEntry:
     missing = [key for key in _CATALOG_KEYS if key not in raw]
     if missing:
         raise invalid(f"{raw.get('id', 'an entry')} lacks {', '.join(missing)}")
-    if raw["family"] not in families.LABELS:
+    if raw["family"] not in {family.value for family in Family}:
         raise invalid(f"{raw['id']} has the unknown family '{raw['family']}'")
     filename = str(raw["file"])
     # The name becomes a path in the models folder: it must not climb out of it.
@@ -108,7 +108,7 @@ def _catalog_entry(raw: dict, path: Path) -> CatalogEntry:
     return CatalogEntry(
         id=str(raw["id"]),
         title=str(raw["title"]),
-        family=raw["family"],
+        family=Family(raw["family"]),
         repository=str(raw["repository"]),
         filename=filename,
         size=size,

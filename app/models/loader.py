@@ -5,7 +5,6 @@ tokenizer in `configs/tokenizer/`: diffusers would otherwise download configs fr
 with local_files_only) or guess them and lose settings such as SD 2.1's `upcast_attention`.
 """
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -16,46 +15,45 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
 )
-from safetensors import SafetensorError
 from transformers import CLIPTokenizer
 
 from app.errors import ModelLoadError
-from app.models import families
-from app.models.detect import is_code_refusal
-from app.models.registry import SINGLE_FILE, ModelEntry, VaeEntry
+from app.models.families import Family
+from app.models.registry import Layout, ModelEntry, VaeEntry
+from app.models.safe_weights import LOAD_ERRORS, load_failure
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 TOKENIZER_DIR = CONFIGS_DIR / "tokenizer"
 MODEL_CONFIGS_DIR = CONFIGS_DIR / "models"
 
 CONFIG_FOLDERS = {
-    families.SD1: "sd15",
-    families.SD1_INPAINT: "sd15-inpainting",
-    families.SD2_V: "sd21",
-    families.SD2: "sd21-base",
-    families.SD2_INPAINT: "sd2-inpainting",
-    families.X4_UPSCALER: "x4-upscaler",
+    Family.SD1: "sd15",
+    Family.SD1_INPAINT: "sd15-inpainting",
+    Family.SD2_V: "sd21",
+    Family.SD2: "sd21-base",
+    Family.SD2_INPAINT: "sd2-inpainting",
+    Family.X4_UPSCALER: "x4-upscaler",
 }
 
 PIPELINE_CLASSES = {
-    families.SD1: StableDiffusionPipeline,
-    families.SD2_V: StableDiffusionPipeline,
-    families.SD2: StableDiffusionPipeline,
-    families.SD1_INPAINT: StableDiffusionInpaintPipeline,
-    families.SD2_INPAINT: StableDiffusionInpaintPipeline,
-    families.X4_UPSCALER: StableDiffusionUpscalePipeline,
+    Family.SD1: StableDiffusionPipeline,
+    Family.SD2_V: StableDiffusionPipeline,
+    Family.SD2: StableDiffusionPipeline,
+    Family.SD1_INPAINT: StableDiffusionInpaintPipeline,
+    Family.SD2_INPAINT: StableDiffusionInpaintPipeline,
+    Family.X4_UPSCALER: StableDiffusionUpscalePipeline,
 }
 
 
-def config_folder(family: str, config_root: Path = MODEL_CONFIGS_DIR) -> Path:
+def config_folder(family: Family, config_root: Path = MODEL_CONFIGS_DIR) -> Path:
     return Path(config_root) / CONFIG_FOLDERS[family]
 
 
-def tokenizer_for(family: str) -> CLIPTokenizer:
+def tokenizer_for(family: Family) -> CLIPTokenizer:
     """SD 1.x pads with <|endoftext|>; the OpenCLIP models (SD 2.x, the upscaler) with "!"."""
-    if family in (families.SD1, families.SD1_INPAINT):
-        return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
+    if family.uses_open_clip:
+        return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
 def load_pipeline(entry: ModelEntry, dtype: torch.dtype, config_root: Path = MODEL_CONFIGS_DIR) -> DiffusionPipeline:
@@ -65,31 +63,14 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype, config_root: Path = MOD
     if entry.problem:
         raise ModelLoadError(entry.problem)
     try:
-        if entry.layout == SINGLE_FILE:
+        if entry.layout is Layout.SINGLE_FILE:
             pipe = _single_file(entry, dtype, config_folder(entry.family, config_root))
         else:
             pipe = _diffusers_folder(entry, dtype)
     except ModelLoadError:
         raise
-    except pickle.UnpicklingError as error:
-        if is_code_refusal(error):
-            raise ModelLoadError(
-                f"Easel refused '{entry.title}': it is a pickle that would run Python code when opened. "
-                "Use a .safetensors version of this model."
-            ) from None
-        raise ModelLoadError(
-            f"Could not load the checkpoint '{entry.title}': the file is damaged. Download it again."
-        ) from None
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as error:
-        if is_code_refusal(error):  # diffusers wraps torch's refusal in an OSError
-            raise ModelLoadError(
-                f"Easel refused '{entry.title}': it is a pickle that would run Python code when opened. "
-                "Use a .safetensors version of this model."
-            ) from None
-        raise ModelLoadError(
-            f"Could not load the checkpoint '{entry.title}': the file looks damaged or incomplete ({error}). "
-            "Download it again, or remove it from the models folder."
-        ) from error
+    except LOAD_ERRORS as error:
+        raise ModelLoadError(f"Could not load the checkpoint '{entry.title}': {load_failure(error)}") from error
     pipe.set_progress_bar_config(disable=True)  # progress is reported through the job instead
     return pipe
 
@@ -112,14 +93,14 @@ def _diffusers_folder(entry: ModelEntry, dtype: torch.dtype) -> DiffusionPipelin
             "(they can run code); get the safetensors version of this model."
         )
     extra = {}
-    if entry.family != families.X4_UPSCALER:
+    if entry.family != Family.X4_UPSCALER:
         extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return PIPELINE_CLASSES[entry.family].from_pretrained(
         entry.path, dtype=dtype, local_files_only=True, use_safetensors=True, **extra
     )
 
 
-def load_vae(vae: VaeEntry, family: str, dtype: torch.dtype, config_root: Path = MODEL_CONFIGS_DIR) -> AutoencoderKL:
+def load_vae(vae: VaeEntry, family: Family, dtype: torch.dtype, config_root: Path = MODEL_CONFIGS_DIR) -> AutoencoderKL:
     """A standalone VAE file (A1111's models/VAE/), shaped by the checkpoint family's VAE config."""
     try:
         return AutoencoderKL.from_single_file(
@@ -129,11 +110,8 @@ def load_vae(vae: VaeEntry, family: str, dtype: torch.dtype, config_root: Path =
             local_files_only=True,
             dtype=dtype,
         )
-    except pickle.UnpicklingError as error:
-        reason = "it would run Python code when opened" if is_code_refusal(error) else "the file is damaged"
-        raise ModelLoadError(f"Easel cannot use the VAE '{vae.title}': {reason}. Use a .safetensors VAE.") from None
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as error:
+    except LOAD_ERRORS as error:
         raise ModelLoadError(
-            f"Could not load the VAE '{vae.title}' for this checkpoint ({error}). It may be damaged or made "
+            f"Could not load the VAE '{vae.title}' for this checkpoint: {load_failure(error)} It may also be made "
             "for another kind of model; choose Automatic to use the checkpoint's own VAE."
         ) from error

@@ -1,68 +1,37 @@
-"""The one place that loads checkpoints and hands out pipelines, for every tab and the API.
+"""The one place that decides which models are in memory, for every tab and the API.
 
-One checkpoint is active at a time. Its image-to-image sibling shares the same modules (built
-with `from_pipe`), so switching tabs costs nothing and a swap frees everything at once. Swaps
-release the old model completely (hooks, siblings, caches) so memory does not grow; a failed load
-leaves the previous model working. Out of memory during a job steps the device plan down one rung.
+One checkpoint is active at a time. Its image-to-image and inpainting siblings share its modules
+(app.models.loaded), so switching tabs costs nothing and a swap frees everything at once. Upscalers
+(app.models.upscaler_slots) stay beside it while memory allows. Swaps release the old model
+completely, so memory does not grow; a failed load leaves the previous model working. Out of memory
+during a job steps the device plan down one rung for everything loaded.
 """
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+from diffusers import DiffusionPipeline
 
-from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan, degraded, free_memory, probe_hardware
+from app.devices import DevicePlan, HardwareFacts, apply_plan, degraded, probe_hardware
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
-from app.models import families
-from app.models.detect import UnreadableCheckpoint
+from app.kinds import JobKind
+from app.models.families import Family
+from app.models.loaded import LoadedModel, release
 from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
-from app.models.registry import SINGLE_FILE, ModelEntry, ModelRegistry, VaeEntry
-from app.models.upscalers import UpscalerEntry, load_network
+from app.models.registry import Layout, ModelEntry, ModelRegistry, VaeEntry
+from app.models.upscaler_slots import UpscalerSlots
 
-TXT2IMG = "txt2img"
-IMG2IMG = "img2img"
-INPAINT = "inpaint"
-_SIBLINGS = {IMG2IMG: StableDiffusionImg2ImgPipeline, INPAINT: StableDiffusionInpaintPipeline}
-_GENERATING_FAMILIES = (families.SD1, families.SD2, families.SD2_V)
-_INPAINTING_FAMILIES = (families.SD1_INPAINT, families.SD2_INPAINT)
 # Loading the new model before releasing the old one keeps the old one usable if the load fails,
 # but needs room for both; only then do it, with room to spare for the file pages being read
 # (measured: SD 2.1 in float32 peaked at 1.49x its weights while loading beside SD 1.5).
 _SWAP_HEADROOM = 1.5
 
 
-@dataclass
-class LoadedModel:
-    entry: ModelEntry
-    base: DiffusionPipeline
-    scheduler_config: dict          # the checkpoint's own; each job builds its sampler from it
-    siblings: dict[str, DiffusionPipeline] = field(default_factory=dict)
-    hooked: str = TXT2IMG           # which pipeline carries the offload hooks (offload modes)
-    vae_float32: bool = False       # fp16 decodes gave NaN once: decode this model in fp32 from now on
-    vae: VaeEntry | None = None     # a VAE from models/VAE/ in place of the checkpoint's own
-    own_vae: object = None          # the checkpoint's own VAE while another one is in use
-
-    def pipelines(self) -> list[DiffusionPipeline]:
-        return [self.base, *self.siblings.values()]
-
-
-def _release(loaded: "LoadedModel | None") -> None:
-    """Drop every reference a loaded model holds (hooks, siblings), then give the memory back."""
-    if loaded is None:
-        return
-    for pipe in loaded.pipelines():
-        pipe.remove_all_hooks()
-    loaded.siblings.clear()
-    del loaded
-    free_memory()
-
-
 def model_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
     """Roughly what the model takes in memory: files are often float16, float32 doubles that."""
-    files = [entry.path] if entry.layout == SINGLE_FILE else entry.path.rglob("*.safetensors")
+    files = [entry.path] if entry.layout is Layout.SINGLE_FILE else entry.path.rglob("*.safetensors")
     on_disk = sum(path.stat().st_size for path in files)
     return on_disk * 2 if dtype == torch.float32 else on_disk
 
@@ -84,11 +53,9 @@ class ModelManager:
         self.config_root = config_root
         self.plan = plan
         self.facts = facts or HardwareFacts()
+        self.upscalers = UpscalerSlots()
         self._loaded: LoadedModel | None = None
-        self._upscaler: LoadedModel | None = None  # the SD x4 upscaler, beside the active checkpoint
-        # An ESRGAN-family network (tens of MB): kept beside everything else until another is chosen.
-        self._network: tuple[UpscalerEntry, object] | None = None
-        self._vae_choice: str | None = None  # title in models/VAE/, or None for the checkpoint's own
+        self._vae_choice: VaeEntry | None = None  # from models/VAE/; None: each checkpoint's own
         # Held while a job runs and while loading, so a swap waits for the job in progress.
         self._lock = threading.RLock()
 
@@ -100,15 +67,11 @@ class ModelManager:
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
-    def entries(self) -> list[ModelEntry]:
-        return self.registry.entries
+    @property
+    def vae_choice(self) -> str | None:
+        return self._vae_choice.title if self._vae_choice else None
 
-    def refresh(self) -> list[ModelEntry]:
-        return self.registry.refresh()
-
-    def generating_entries(self) -> list[ModelEntry]:
-        """The checkpoints that can make images from a prompt (not inpainting-only, not upscalers)."""
-        return [e for e in self.registry.entries if e.problem is None and e.family in _GENERATING_FAMILIES]
+    # --- the active checkpoint ------------------------------------------------------------
 
     def load(self, title: str | None = None) -> ModelEntry:
         """Make `title` (default: the first usable checkpoint) the active one; a no-op if it already is."""
@@ -120,9 +83,9 @@ class ModelManager:
         with self._lock:
             if self._loaded and self._loaded.entry.path == entry.path and self._loaded.entry.family == entry.family:
                 return self._loaded.entry
-            if self._upscaler and not load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
-                self.unload_upscaler()  # the SD x4 upscaler gives way to the checkpoint the user chose
-            if self._loaded and load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
+            if self.upscalers.x4 and not self._room_for(entry):
+                self.upscalers.release_x4()  # the SD x4 upscaler gives way to the checkpoint the user chose
+            if self._loaded and self._room_for(entry):
                 loaded = self._load(entry)  # raises with the old model still in place
                 self.unload()
                 self._loaded = loaded
@@ -141,38 +104,74 @@ class ModelManager:
         """Release every module of the active checkpoint, its siblings included."""
         with self._lock:
             loaded, self._loaded = self._loaded, None
-            _release(loaded)
+            release(loaded)
 
-    def unload_upscaler(self) -> None:
-        """Release the SD x4 upscaler and the ESRGAN-family network, whichever are loaded."""
+    def close(self) -> None:
+        """Release everything: the active checkpoint and the upscalers."""
         with self._lock:
-            loaded, self._upscaler, self._network = self._upscaler, None, None
-            _release(loaded)
-
-    def upscalers(self) -> list[ModelEntry]:
-        """The SD x4 upscaler checkpoints in the models folder."""
-        return [e for e in self.registry.entries if e.problem is None and e.family == families.X4_UPSCALER]
+            self.unload()
+            self.upscalers.release()
 
     @contextmanager
-    def use_upscaler(self, title: str):
-        """Yields the loaded SD x4 upscaler pipeline for one job. The active checkpoint stays
-        loaded beside it when memory allows, and is released first when it does not."""
+    def use(self, title: str | None = None):
+        """Yields the LoadedModel for one job; no swap can happen until the job is done."""
+        with self._lock:
+            if title is not None or self._loaded is None:
+                self.load(title)
+            yield self._loaded
+
+    def pipeline_for(self, kind: JobKind) -> DiffusionPipeline:
+        """The active model's pipeline for `kind`, ready in the current memory mode.
+
+        An inpainting checkpoint serves inpainting with its own pipeline; a regular checkpoint
+        serves all three kinds (inpainting then blends the mask in latent space)."""
+        loaded = self._loaded
+        family = loaded.entry.family
+        if not family.makes_images and not (kind is JobKind.INPAINT and family.is_inpainting):
+            raise InvalidRequest(
+                f"'{loaded.entry.title}' is a {family.label} checkpoint, for {family.use}. "
+                f"Choose a regular SD 1.x or 2.x checkpoint at the top of the page for {kind.value}."
+            )
+        return loaded.pipeline(kind, self.plan)
+
+    def remember_vae_float32(self) -> None:
+        if self._loaded:
+            self._loaded.vae_float32 = True
+
+    # --- the VAE ----------------------------------------------------------------------------
+
+    def select_vae(self, title: str | None) -> None:
+        """Use a VAE from models/VAE/ with every checkpoint (None: each checkpoint's own)."""
+        vae = self.registry.find_vae(title) if title else None  # raises before anything changes
+        with self._lock:
+            if self._loaded:
+                self._use_vae(self._loaded, vae)  # raises with the previous choice still in force
+            self._vae_choice = vae
+
+    def _use_vae(self, loaded: LoadedModel, vae: VaeEntry | None) -> None:
+        if loaded.vae == vae or not loaded.entry.family.makes_images:
+            return
+        module = load_vae(vae, loaded.entry.family, self.plan.dtype, self.config_root) if vae else None
+        loaded.replace_vae(vae, module, self.plan)
+
+    # --- upscalers --------------------------------------------------------------------------
+
+    @contextmanager
+    def use_x4(self, title: str):
+        """Yields the SD x4 upscaler pipeline for one job. The active checkpoint stays loaded beside
+        it when memory allows, and is released first when it does not."""
         with self._lock:
             entry = self.registry.find(title)
-            if entry.family != families.X4_UPSCALER:
+            if entry.family is not Family.X4_UPSCALER:
                 raise InvalidRequest(f"'{entry.title}' is not an SD x4 upscaler model.")
             if entry.problem:
                 raise ModelLoadError(entry.problem)
-            if self._upscaler is None or self._upscaler.entry.path != entry.path:
-                self.unload_upscaler()
-                if self._loaded and not load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype)):
+            if not self.upscalers.holds_x4(entry):
+                self.upscalers.release_x4()
+                if self._loaded and not self._room_for(entry):
                     self.unload()
-                self._upscaler = self._load(entry)
-            yield self._upscaler.base
-
-    def network_upscalers(self) -> list[UpscalerEntry]:
-        """The usable ESRGAN-family upscalers in the models folder."""
-        return [e for e in self.registry.upscalers if e.problem is None]
+                self.upscalers.hold_x4(self._load(entry))
+            yield self.upscalers.x4.base
 
     @contextmanager
     def use_network(self, name: str):
@@ -181,17 +180,12 @@ class ModelManager:
             entry = self.registry.find_upscaler(name)
             if entry.problem:
                 raise ModelLoadError(entry.problem)
-            if self._network is None or self._network[0].path != entry.path:
-                self._network = None
-                free_memory()
-                try:
-                    self._network = (entry, load_network(entry, self.plan.device, self.plan.dtype))
-                except UnreadableCheckpoint as unreadable:  # changed on disk since the last refresh
-                    raise ModelLoadError(f"Easel cannot use '{entry.path.name}': {unreadable.reason}") from None
-            yield self._network[1]
+            yield self.upscalers.network(entry, self.plan)
+
+    # --- memory -----------------------------------------------------------------------------
 
     def degrade(self) -> str:
-        """After running out of memory: one memory mode down, applied to the loaded model.
+        """After running out of memory: one memory mode down, for everything loaded.
 
         Returns a sentence for the user; raises if there is no lower mode to go to.
         """
@@ -203,84 +197,20 @@ class ModelManager:
                     "image size or batch size, and try again."
                 )
             self.plan = lower
-            self._network = None  # reloaded on the new device by its next job
-            free_memory()
-            for loaded in (self._loaded, self._upscaler):
-                if loaded:
-                    apply_plan(loaded.base, lower)
-                    loaded.hooked = TXT2IMG
+            self.upscalers.follow(lower)
+            if self._loaded:
+                self._loaded.follow(lower)
             return lower.description
 
-    @property
-    def vae_choice(self) -> str | None:
-        return self._vae_choice
+    def _room_for(self, entry: ModelEntry) -> bool:
+        """Whether `entry` can load beside what is in memory now."""
+        return load_new_first(self._available_bytes(), model_bytes(entry, self.plan.dtype))
 
-    def select_vae(self, title: str | None) -> None:
-        """Use a VAE from models/VAE/ with every checkpoint (None: each checkpoint's own)."""
-        vae = self._vae_entry(title)  # raises before anything changes
-        with self._lock:
-            if self._loaded:
-                self._use_vae(self._loaded, vae)  # raises with the previous choice still in force
-            self._vae_choice = vae.title if vae else None
+    def _available_bytes(self) -> int:
+        now = probe_hardware()  # memory moves: ask now, not at start-up
+        return now.cuda_free_bytes if self.plan.device == "cuda" else now.ram_available_bytes
 
-    def _vae_entry(self, title: str | None) -> VaeEntry | None:
-        if not title:
-            return None
-        for vae in self.registry.vaes:
-            if title in (vae.title, vae.path.name):
-                return vae
-        names = ", ".join(v.title for v in self.registry.vaes) or "none"
-        raise ModelNotFound(f"There is no VAE named '{title}' in {self.registry.vae_dir}. Available: {names}.")
-
-    def _use_vae(self, loaded: LoadedModel, vae: VaeEntry | None) -> None:
-        if loaded.vae == vae or loaded.entry.family not in _GENERATING_FAMILIES:
-            return
-        if loaded.own_vae is None:
-            loaded.own_vae = loaded.base.vae
-        module = load_vae(vae, loaded.entry.family, self.plan.dtype, self.config_root) if vae else loaded.own_vae
-        loaded.base.register_modules(vae=module)
-        loaded.siblings.clear()  # rebuilt from the base on next use, with the new VAE
-        loaded.vae, loaded.vae_float32, loaded.hooked = vae, False, TXT2IMG
-        if vae is None:
-            loaded.own_vae = None
-        apply_plan(loaded.base, self.plan)
-
-    def remember_vae_float32(self) -> None:
-        if self._loaded:
-            self._loaded.vae_float32 = True
-
-    @contextmanager
-    def use(self, title: str | None = None):
-        """Yields the LoadedModel for one job; no swap can happen until the job is done."""
-        with self._lock:
-            if title is not None or self._loaded is None:
-                self.load(title)
-            yield self._loaded
-
-    def pipeline_for(self, kind: str) -> DiffusionPipeline:
-        """The active model's pipeline for `kind`, ready in the current memory mode.
-
-        An inpainting checkpoint serves inpainting with its own pipeline; a regular checkpoint
-        serves all three kinds (inpainting then blends the mask in latent space)."""
-        loaded = self._loaded
-        family = loaded.entry.family
-        if kind == INPAINT and family in _INPAINTING_FAMILIES:
-            return loaded.base
-        if family not in _GENERATING_FAMILIES:
-            use = "inpainting only" if family in _INPAINTING_FAMILIES else "upscaling only"
-            raise InvalidRequest(
-                f"'{loaded.entry.title}' is a {families.LABELS[family]} checkpoint, for {use}. "
-                f"Choose a regular SD 1.x or 2.x checkpoint at the top of the page for {kind}."
-            )
-        if kind != TXT2IMG and kind not in loaded.siblings:
-            # Without dtype=, from_pipe casts the shared modules (the base's too) to float32.
-            loaded.siblings[kind] = _SIBLINGS[kind].from_pipe(loaded.base, dtype=loaded.base.unet.dtype)
-            loaded.siblings[kind].set_progress_bar_config(disable=True)
-        pipe = loaded.base if kind == TXT2IMG else loaded.siblings[kind]
-        if self.plan.memory_mode in (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD) and loaded.hooked != kind:
-            apply_plan(pipe, self.plan)  # offload hooks follow the pipeline that runs
-            loaded.hooked = kind
-        return pipe
+    # --- loading ----------------------------------------------------------------------------
 
     def _entry(self, title: str | None) -> ModelEntry:
         if not self.registry.entries:
@@ -289,7 +219,7 @@ class ModelManager:
             return self.registry.find(title)
         if self._loaded:
             return self._loaded.entry
-        usable = self.generating_entries()
+        usable = self.registry.generating()
         if not usable:
             raise NoModelAvailable(
                 f"No checkpoint found. Put a Stable Diffusion model (.safetensors) into "
@@ -307,9 +237,5 @@ class ModelManager:
             raise ModelLoadError(f"Could not put '{entry.title}' on {self.plan.device}: {error}") from error
         loaded = LoadedModel(entry=entry, base=base, scheduler_config=dict(base.scheduler.config))
         if self._vae_choice:
-            self._use_vae(loaded, self._vae_entry(self._vae_choice))
+            self._use_vae(loaded, self._vae_choice)
         return loaded
-
-    def _available_bytes(self) -> int:
-        now = probe_hardware()  # memory moves: ask now, not at start-up
-        return now.cuda_free_bytes if self.plan.device == "cuda" else now.ram_available_bytes

@@ -9,26 +9,31 @@ user sees why instead of wondering where it went.
 
 import hashlib
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 from app.errors import ModelNotFound
 from app.jsonfile import read_json, write_json
-from app.models import families
 from app.models.detect import (
     SINGLE_FILE_SUFFIXES,
-    UnreadableCheckpoint,
+    FamilySource,
+    Prediction,
     family_from_weights,
     settle_prediction,
     sidecar_prediction,
-    weight_shapes,
 )
+from app.models.families import Family
+from app.models.safe_weights import UnreadableWeights, tensor_shapes
 from app.models.upscalers import UPSCALER_SUBFOLDERS, UPSCALER_SUFFIXES, UpscalerEntry, described
 
 CHECKPOINT_SUBFOLDER = "Stable-diffusion"  # A1111's names; users already know them
 VAE_SUBFOLDER = "VAE"
-DIFFUSERS = "diffusers"
-SINGLE_FILE = "single-file"
 HASH_CHUNK = 16 * 2**20
+
+
+class Layout(str, Enum):
+    DIFFUSERS = "diffusers"      # a folder with model_index.json
+    SINGLE_FILE = "single-file"  # an A1111-style .safetensors / .ckpt
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,35 @@ class ModelEntry:
     title: str                  # what the user picks; unique; A1111 clients send it back
     name: str                   # A1111's "Model:" value: the file or folder name without extension
     path: Path
-    family: str | None          # one of app.models.families; None when unusable (see problem)
-    layout: str = DIFFUSERS     # DIFFUSERS (a folder with model_index.json) or SINGLE_FILE
+    family: Family | None       # None when unusable (see problem)
+    layout: Layout = Layout.DIFFUSERS
     model_hash: str | None = None   # A1111 short hash (10 hex of sha256), once computed
     demo: bool = False          # a tiny random model: draws noise, says so
-    family_source: str = "weights"  # weights, sidecar, override, default (v-prediction assumed)
+    family_source: FamilySource = FamilySource.WEIGHTS
     problem: str | None = None  # why this file cannot be loaded, as a sentence
+
+    @property
+    def a1111_title(self) -> str:
+        """A1111's title: "name [hash]" once the hash is known (what its clients and dropdown show)."""
+        return f"{self.title} [{self.model_hash}]" if self.model_hash else self.title
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None and self.family is not None
+
+    @property
+    def prediction_is_a_choice(self) -> bool:
+        """An SD 2.x single file: nothing in its weights says v or epsilon, so the user may choose."""
+        return self.layout is Layout.SINGLE_FILE and self.family in (Family.SD2, Family.SD2_V)
+
+
+@dataclass(frozen=True)
+class ModelFolders:
+    """Where users put each kind of file (the page and the launcher name them)."""
+
+    checkpoints: Path
+    vaes: Path
+    upscalers: Path
 
 
 @dataclass(frozen=True)
@@ -50,20 +78,20 @@ class VaeEntry:
     path: Path
 
 
-def diffusers_family(folder: Path) -> str:
+def diffusers_family(folder: Path) -> Family:
     """The family of a diffusers folder, read from its configs (no weights loaded)."""
     index = read_json(folder / "model_index.json")
     if index.get("_class_name") == "StableDiffusionUpscalePipeline":
-        return families.X4_UPSCALER
+        return Family.X4_UPSCALER
     inpaint = read_json(folder / "unet" / "config.json").get("in_channels") == 9
     # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
     sd2 = read_json(folder / "text_encoder" / "config.json").get("hidden_act") == "gelu"
     if not sd2:
-        return families.SD1_INPAINT if inpaint else families.SD1
+        return Family.SD1_INPAINT if inpaint else Family.SD1
     if inpaint:
-        return families.SD2_INPAINT
+        return Family.SD2_INPAINT
     v_prediction = read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction"
-    return families.SD2_V if v_prediction else families.SD2
+    return Family.SD2_V if v_prediction else Family.SD2
 
 
 class FileFacts:
@@ -124,8 +152,25 @@ class ModelRegistry:
         self._upscalers: list[UpscalerEntry] = []
 
     @property
+    def folders(self) -> ModelFolders:
+        return ModelFolders(checkpoints=self.checkpoint_dir, vaes=self.vae_dir, upscalers=self.upscaler_dirs[0])
+
+    @property
     def entries(self) -> list[ModelEntry]:
+        """Every checkpoint file, usable ones first; unusable ones carry the reason."""
         return list(self._entries)
+
+    def selectable(self) -> list[ModelEntry]:
+        """The checkpoints that can be made the active one (every usable one but the x4 upscalers)."""
+        return [e for e in self._entries if e.usable and e.family.is_checkpoint]
+
+    def generating(self) -> list[ModelEntry]:
+        """The checkpoints that make pictures from a prompt (not inpainting-only, not upscalers)."""
+        return [e for e in self._entries if e.usable and e.family.makes_images]
+
+    def x4_upscalers(self) -> list[ModelEntry]:
+        """The SD x4 diffusion upscaler checkpoints."""
+        return [e for e in self._entries if e.usable and e.family is Family.X4_UPSCALER]
 
     @property
     def vaes(self) -> list[VaeEntry]:
@@ -133,8 +178,12 @@ class ModelRegistry:
 
     @property
     def upscalers(self) -> list[UpscalerEntry]:
-        """The ESRGAN-family upscaler files, usable ones first."""
+        """The ESRGAN-family upscaler files, usable ones first; unusable ones carry the reason."""
         return list(self._upscalers)
+
+    def networks(self) -> list[UpscalerEntry]:
+        """The usable ESRGAN-family upscalers."""
+        return [e for e in self._upscalers if e.problem is None]
 
     def find_upscaler(self, name: str) -> UpscalerEntry:
         for entry in self._upscalers:
@@ -142,6 +191,13 @@ class ModelRegistry:
                 return entry
         names = ", ".join(e.name for e in self._upscalers) or "none"
         raise ModelNotFound(f"There is no upscaler named '{name}' in {self.upscaler_dirs[0]}. Available: {names}.")
+
+    def find_vae(self, title: str) -> VaeEntry:
+        for vae in self._vaes:
+            if title in (vae.title, vae.path.name):
+                return vae
+        names = ", ".join(v.title for v in self._vaes) or "none"
+        raise ModelNotFound(f"There is no VAE named '{title}' in {self.vae_dir}. Available: {names}.")
 
     def refresh(self) -> list[ModelEntry]:
         """Scan again: files added or removed since the last scan appear or disappear."""
@@ -172,7 +228,7 @@ class ModelRegistry:
 
     def with_hash(self, entry: ModelEntry) -> ModelEntry:
         """The entry with its A1111 short hash, hashing the file once (cached on disk)."""
-        if entry.layout != SINGLE_FILE or entry.model_hash:
+        if entry.layout is not Layout.SINGLE_FILE or entry.model_hash:
             return entry
         sha256 = self._facts.get(entry.path, "sha256")
         if sha256 is None:
@@ -182,11 +238,11 @@ class ModelRegistry:
         self._entries = [hashed if e.title == entry.title else e for e in self._entries]
         return hashed
 
-    def set_prediction(self, title: str, prediction: str | None) -> ModelEntry:
-        """Remember the user's v-prediction ("v") or epsilon ("epsilon") choice for an SD 2.x model."""
+    def set_prediction(self, title: str, prediction: Prediction | None) -> ModelEntry:
+        """Remember the user's v-prediction or epsilon choice for an SD 2.x model (None: forget it)."""
         entry = self.find(title)
         overrides = read_json(self._overrides_file)
-        overrides.setdefault(entry.title, {})["prediction"] = prediction
+        overrides.setdefault(entry.title, {})["prediction"] = prediction.value if prediction else None
         write_json(self._overrides_file, overrides)
         self.refresh()
         return self.find(title)
@@ -215,24 +271,24 @@ class ModelRegistry:
 
     def _single_file_entry(self, path: Path, root: Path) -> ModelEntry:
         title = path.relative_to(root).as_posix()
-        entry = ModelEntry(title=title, name=path.stem, path=path, family=None, layout=SINGLE_FILE)
+        entry = ModelEntry(title=title, name=path.stem, path=path, family=None, layout=Layout.SINGLE_FILE)
         sha256 = self._facts.get(path, "sha256")
         if sha256:
             entry = replace(entry, model_hash=sha256[:10])
         try:
             weights_family = self._weights_family(path)
-        except UnreadableCheckpoint as unreadable:
+        except UnreadableWeights as unreadable:
             return replace(entry, problem=f"Easel cannot use '{title}': {unreadable.reason}")
         override = read_json(self._overrides_file).get(title, {}).get("prediction")
-        detection = settle_prediction(weights_family, sidecar_prediction(path), override)
+        detection = settle_prediction(weights_family, sidecar_prediction(path), Prediction(override) if override else None)
         return replace(entry, family=detection.family, family_source=detection.source)
 
-    def _weights_family(self, path: Path) -> str:
+    def _weights_family(self, path: Path) -> Family:
         cached = self._facts.get(path, "family")
-        if cached:
-            return cached
-        family = family_from_weights(weight_shapes(path))
-        self._facts.put(path, "family", family)
+        if cached in {family.value for family in Family}:
+            return Family(cached)
+        family = family_from_weights(tensor_shapes(path))
+        self._facts.put(path, "family", family.value)
         return family
 
     def _scan_upscalers(self) -> list[UpscalerEntry]:

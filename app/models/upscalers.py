@@ -4,20 +4,16 @@ Users drop `.pth`/`.safetensors` files (RealESRGAN x4plus, 4x-UltraSharp, SwinIR
 `models/ESRGAN/` (A1111's folder; `models/RealESRGAN/` and `models/upscalers/` are read too).
 spandrel, the library ComfyUI and InvokeAI use, tells the architecture, scale and precision
 support from the weights alone. We
-read the file ourselves (safetensors, or torch's weights-only unpickler) and hand spandrel the
-tensors, so a pickle that would run code is refused before any of it runs.
+read the file ourselves (app.models.safe_weights) and hand spandrel the tensors, so a pickle that
+would run code is refused before any of it runs.
 """
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from app.models.detect import UnreadableCheckpoint, is_code_refusal, pickle_calls_code
+from app.models.safe_weights import UnreadableWeights, read_tensors
 
 UPSCALER_SUBFOLDERS = ("ESRGAN", "RealESRGAN", "upscalers")  # the first is where we point users
 UPSCALER_SUFFIXES = (".pth", ".safetensors")
@@ -32,59 +28,29 @@ class UpscalerEntry:
     problem: str | None = None      # why it cannot be used, as a sentence
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors in an upscaler file, on the CPU. Raises UnreadableCheckpoint with the reason."""
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise UnreadableCheckpoint(f"the file is damaged or incomplete ({error}). Download it again.") from None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if is_code_refusal(error) or pickle_calls_code(path):
-            raise UnreadableCheckpoint(
-                "it is a pickle that would run Python code when opened, so Easel refuses it. "
-                "Use a .safetensors version of this model."
-            ) from None
-        raise UnreadableCheckpoint("the file is damaged or not a model. Download it again.") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UnreadableCheckpoint(f"the file is damaged or incomplete ({error}). Download it again.") from None
-    except Exception:  # the safe unpickler meets random bytes with IndexError, KeyError, ...
-        raise UnreadableCheckpoint("the file is damaged or not a model. Download it again.") from None
-    # BasicSR's training checkpoints wrap the weights: prefer the averaged ones, as Real-ESRGAN does.
-    for wrapper in ("params_ema", "params", "state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
-            data = data[wrapper]
-            break
-    if not isinstance(data, dict) or not any(isinstance(v, torch.Tensor) for v in data.values()):
-        raise UnreadableCheckpoint("it holds no network weights.")
-    return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
-
-
 def network_from_state_dict(state_dict: dict[str, torch.Tensor], name: str):
     """spandrel's descriptor of an image-to-image upscaling network, in eval mode on the CPU.
 
-    Raises UnreadableCheckpoint when the weights are no upscaler spandrel knows, or are another
+    Raises UnreadableWeights when the weights are no upscaler spandrel knows, or are another
     kind of model (face restoration, inpainting) that does not belong in this folder."""
     import spandrel  # imports torchvision: load it only when an upscaler file is there
 
     try:
         model = spandrel.ModelLoader().load_from_state_dict(state_dict)
     except spandrel.UnsupportedModelError:
-        raise UnreadableCheckpoint(
+        raise UnreadableWeights(
             "its weights are not an upscaler architecture Easel knows (ESRGAN, Real-ESRGAN, SwinIR, "
             "HAT, DAT, OmniSR, ... as read by spandrel). Is it an upscaler model?"
         ) from None
     except Exception as error:  # a known architecture with missing or misshapen tensors
-        raise UnreadableCheckpoint(f"its weights are incomplete or damaged ({error}). Download it again.") from None
+        raise UnreadableWeights(f"its weights are incomplete or damaged ({error}). Download it again.") from None
     if not isinstance(model, spandrel.ImageModelDescriptor) or model.purpose not in ("SR", "Restoration"):
-        raise UnreadableCheckpoint(
+        raise UnreadableWeights(
             f"it is a {model.architecture.name} model for {model.purpose}, not an upscaler. "
             f"Remove '{name}' from the upscaler folder."
         )
     if model.input_channels != 3 or model.output_channels != 3:
-        raise UnreadableCheckpoint("it works on greyscale or other non-RGB pictures; Easel needs an RGB upscaler.")
+        raise UnreadableWeights("it works on greyscale or other non-RGB pictures; Easel needs an RGB upscaler.")
     return model.eval()
 
 
@@ -92,8 +58,8 @@ def described(path: Path) -> UpscalerEntry:
     """The entry for an upscaler file, its architecture and scale read from the weights."""
     entry = UpscalerEntry(name=path.stem, path=path)
     try:
-        network = network_from_state_dict(read_state_dict(path), path.name)
-    except UnreadableCheckpoint as unreadable:
+        network = network_from_state_dict(read_tensors(path), path.name)
+    except UnreadableWeights as unreadable:
         return UpscalerEntry(name=entry.name, path=path, problem=f"Easel cannot use '{path.name}': {unreadable.reason}")
     return UpscalerEntry(name=entry.name, path=path, scale=network.scale, architecture=network.architecture.name)
 
@@ -109,6 +75,6 @@ def network_dtype(plan_dtype: torch.dtype, supports_half: bool, supports_bfloat1
 
 def load_network(entry: UpscalerEntry, device: str, plan_dtype: torch.dtype):
     """The entry's network on `device`, in the precision the plan and the architecture allow."""
-    network = network_from_state_dict(read_state_dict(entry.path), entry.path.name)
+    network = network_from_state_dict(read_tensors(entry.path), entry.path.name)
     dtype = network_dtype(plan_dtype, network.supports_half, network.supports_bfloat16)
     return network.to(torch.device(device), dtype=dtype)

@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 
 from app.auth import Access, Credentials, LoginLimiter, hash_password
 from app.engine import Engine, create_engine
-from app.models.tiny import tiny_esrgan_state_dict
 from app.settings import Settings
 from tests.conftest import CPU_ONLY, TINY_SD1, make_settings
+from tools.tiny_models import tiny_esrgan_state_dict
 
 USERS = {"ann": "ann-pw", "bob": "bob-pw", "heavy": "heavy-pw", **{f"user{i}": f"pw{i}" for i in range(7)}}
 ESRGAN = "4x-tiny"
@@ -34,8 +34,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(tiny_models_dir, tiny_configs_dir, tmp_path_factory):
+    from server.compose import serve
     from ui.app import build_ui
-    from ui.server import serve
 
     root = tmp_path_factory.mktemp("api-server")
     models = root / "models"
@@ -50,7 +50,7 @@ def server(tiny_models_dir, tiny_configs_dir, tmp_path_factory):
     access = Access(page=page, api=page)
     limiter = LoginLimiter(free_failures=3, first_wait=1.0, max_wait=2.0)
     engine = create_engine(settings, CPU_ONLY)
-    engine.models.load(TINY_SD1)
+    engine.select_checkpoint(TINY_SD1)
     running = serve(build_ui(engine), engine, settings, access, limiter)
     try:
         yield Server(url=running.url, engine=engine, settings=settings, limiter=limiter, root=root)

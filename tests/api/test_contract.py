@@ -105,7 +105,7 @@ def test_setting_the_checkpoint_option_swaps_the_model(server, ann):
     try:
         assert ann.post("/sdapi/v1/options", json={"sd_model_checkpoint": TINY_SD2_V}).status_code == 200
         assert ann.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(TINY_SD2_V)
-        assert server.engine.models.active.title == TINY_SD2_V
+        assert server.engine.active_checkpoint().title == TINY_SD2_V
         info = json.loads(ann.post("/sdapi/v1/txt2img", json=TXT2IMG).json()["info"])
         assert info["sd_model_name"] == TINY_SD2_V
         missing = ann.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope.safetensors"})

@@ -63,15 +63,15 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tiny_models_dir, tiny_configs_dir, tmp_path_factory):
+    from server.compose import serve
     from ui.app import build_ui
-    from ui.server import serve
 
     root = tmp_path_factory.mktemp("e2e-app")
     settings = make_settings(
         root, tiny_models_dir, host="127.0.0.1", port=_free_port(), model_configs_dir=str(tiny_configs_dir)
     )
     engine = create_engine(settings, CPU_ONLY)
-    engine.models.load(TINY_SD1)  # before build_ui: the header shows the active checkpoint
+    engine.select_checkpoint(TINY_SD1)  # before build_ui: the header shows the active checkpoint
     blocks = build_ui(engine, Preferences(root / "prefs.json"))
     server = None
     try:

@@ -18,12 +18,12 @@ LAN_URL = "http://192.0.2.7:7860/"
 
 @pytest.fixture
 def shared(tiny_models_dir, tmp_path):
+    from server.compose import serve
     from ui.app import build_ui
-    from ui.server import serve
 
     settings = make_settings(tmp_path, tiny_models_dir, host="127.0.0.1", port=0)
     engine = create_engine(settings, CPU_ONLY)
-    engine.models.load(TINY_SD1)
+    engine.select_checkpoint(TINY_SD1)
     credentials = Credentials({"ann": hash_password("ann-pw", iterations=1000)})
     server = serve(build_ui(engine, None, [LAN_URL]), engine, settings, Access(credentials, credentials),
                    LoginLimiter())

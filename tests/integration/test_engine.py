@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from app.engine import Engine, create_engine
+from app.engine import Engine
 from app.errors import InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from app.generation import samplers
 from app.generation.requests import MAX_SEED, GenerationRequest
 from app.images.metadata import parse_infotext, read_parameters
-from app.images.watermark import apply_watermark
+from app.images.watermark import SD1_MARK, SD2_MARK, apply_watermark
 from app.jobs import Job, JobState
-from tests.conftest import CPU_ONLY, TINY_SD1, TINY_SD2_V, make_settings
+from tests.conftest import TINY_SD1, TINY_SD2_V, make_engine, make_settings
 
 TIMEOUT = 60.0
 # A1111's parameters-line pattern, copied from docs/A1111-COMPAT.md (not imported from app/).
@@ -38,8 +38,8 @@ BATCH_TOLERANCE = 2
 @pytest.fixture(scope="module")
 def shared_engine(tiny_models_dir, tmp_path_factory) -> Engine:
     """One engine for tests that neither swap models nor count output files (saves load time)."""
-    engine = create_engine(make_settings(tmp_path_factory.mktemp("shared"), tiny_models_dir), CPU_ONLY)
-    engine.models.load(TINY_SD1)
+    engine = make_engine(make_settings(tmp_path_factory.mktemp("shared"), tiny_models_dir))
+    engine.select_checkpoint(TINY_SD1)
     yield engine
     engine.close()
 
@@ -262,7 +262,7 @@ def test_infotext_round_trip_through_the_saved_png(shared_engine):
 
 def test_watermark_is_applied_from_256_pixels_and_only_there(engine, tiny_models_dir, tmp_path):
     assert engine.settings.watermark is True  # the default
-    plain_engine = create_engine(make_settings(tmp_path / "plain", tiny_models_dir, watermark=False), CPU_ONLY)
+    plain_engine = make_engine(make_settings(tmp_path / "plain", tiny_models_dir, watermark=False))
     try:
         big = dict(width=256, height=256, seed=9)
         marked = engine.generate(tiny(**big), TIMEOUT).images[0]
@@ -272,19 +272,19 @@ def test_watermark_is_applied_from_256_pixels_and_only_there(engine, tiny_models
         # Invisible: a small change (about 5 levels of 255 on this noise; a channel mix-up gives tens).
         assert np.abs(marked_pixels - plain_pixels).mean() < 10.0
         # Exactly the SD 1.x mark, applied to the image the model made.
-        assert np.array_equal(marked_pixels, pixels(apply_watermark(Image.open(plain.path), "sd1")))
+        assert np.array_equal(marked_pixels, pixels(apply_watermark(Image.open(plain.path), SD1_MARK)))
 
         small_marked = engine.generate(tiny(seed=9), TIMEOUT).images[0]
         small_plain = plain_engine.generate(tiny(seed=9), TIMEOUT).images[0]
         assert np.array_equal(pixels(small_marked.path), pixels(small_plain.path))
 
         # SD 2.x models get their own mark ("SDV2"), as in Stability's reference scripts.
-        engine.models.load(TINY_SD2_V)
-        plain_engine.models.load(TINY_SD2_V)
+        engine.select_checkpoint(TINY_SD2_V)
+        plain_engine.select_checkpoint(TINY_SD2_V)
         marked_sd2 = pixels(engine.generate(tiny(**big), TIMEOUT).images[0].path)
         plain_sd2 = Image.open(plain_engine.generate(tiny(**big), TIMEOUT).images[0].path)
-        assert np.array_equal(marked_sd2, pixels(apply_watermark(plain_sd2, "sd2")))
-        assert not np.array_equal(marked_sd2, pixels(apply_watermark(plain_sd2, "sd1")))
+        assert np.array_equal(marked_sd2, pixels(apply_watermark(plain_sd2, SD2_MARK)))
+        assert not np.array_equal(marked_sd2, pixels(apply_watermark(plain_sd2, SD1_MARK)))
     finally:
         plain_engine.close()
 
@@ -359,10 +359,13 @@ def test_progress_reaches_the_last_step_with_a_preview(shared_engine):
     assert job.wait_for_change(job.version, timeout=0.01) == job.version  # finished: returns at once
 
 
-def test_no_previews_when_they_are_switched_off(shared_engine, monkeypatch):
-    monkeypatch.setattr(shared_engine.settings, "preview_every", 0)
-    job = shared_engine.submit(tiny(steps=4, seed=4))
-    job.wait(TIMEOUT)
+def test_no_previews_when_they_are_switched_off(tiny_models_dir, tmp_path):
+    engine = make_engine(make_settings(tmp_path, tiny_models_dir, preview_every=0))
+    try:
+        job = engine.submit(tiny(steps=4, seed=4))
+        job.wait(TIMEOUT)
+    finally:
+        engine.close()
     assert job.progress.step == 4
     assert job.progress.preview is None
 
@@ -464,7 +467,7 @@ def test_model_swap_and_back_reproduces_and_bad_names_keep_the_model(engine):
     sd15 = engine.generate(tiny(seed=3), TIMEOUT).images[0]
     sd15_img2img = engine.generate(tiny(seed=3, init_image=gradient(), strength=0.6), TIMEOUT).images[0]
 
-    engine.models.load(TINY_SD2_V)
+    engine.select_checkpoint(TINY_SD2_V)
     assert engine.status().model.title == TINY_SD2_V
     sd21 = engine.generate(tiny(seed=3), TIMEOUT).images[0]
     assert params_of(sd21.path)["Model"] == TINY_SD2_V
@@ -473,15 +476,15 @@ def test_model_swap_and_back_reproduces_and_bad_names_keep_the_model(engine):
     assert params_of(sd21_img2img.path)["Model"] == TINY_SD2_V
     assert not np.array_equal(pixels(sd21_img2img.path), pixels(sd15_img2img.path))  # not a stale sibling
 
-    engine.models.load(TINY_SD1)
+    engine.select_checkpoint(TINY_SD1)
     back = engine.generate(tiny(seed=3), TIMEOUT).images[0]
     assert params_of(back.path)["Model"] == TINY_SD1
     assert np.array_equal(pixels(back.path), pixels(sd15.path))
 
     with pytest.raises(ModelNotFound) as caught:
-        engine.models.load("nope")
+        engine.select_checkpoint("nope")
     assert "nope" in caught.value.message
-    assert engine.models.active.title == TINY_SD1
+    assert engine.active_checkpoint().title == TINY_SD1
     still = engine.generate(tiny(seed=3), TIMEOUT).images[0]
     assert np.array_equal(pixels(still.path), pixels(sd15.path))
 
@@ -501,15 +504,15 @@ def test_a_broken_or_pickled_checkpoint_is_refused_and_the_old_model_stays(tiny_
         torch.save(load_file(weights), weights.with_name(name))
         weights.unlink()
 
-    engine = create_engine(make_settings(tmp_path, tmp_path / "models"), CPU_ONLY)
+    engine = make_engine(make_settings(tmp_path, tmp_path / "models"))
     try:
-        engine.models.load(TINY_SD1)
+        engine.select_checkpoint(TINY_SD1)
         before = engine.generate(tiny(seed=8), TIMEOUT).images[0]
         for broken in ("only-index", "pickled"):
             with pytest.raises(ModelLoadError) as caught:
-                engine.models.load(broken)
+                engine.select_checkpoint(broken)
             assert f"'{broken}'" in caught.value.message and ".safetensors" in caught.value.message
-            assert engine.models.active.title == TINY_SD1
+            assert engine.active_checkpoint().title == TINY_SD1
         after = engine.generate(tiny(seed=8), TIMEOUT).images[0]
         assert np.array_equal(pixels(before.path), pixels(after.path))
     finally:
@@ -519,9 +522,9 @@ def test_a_broken_or_pickled_checkpoint_is_refused_and_the_old_model_stays(tiny_
 def test_demo_mode_without_models_draws_with_the_demo_model(tmp_path):
     empty = tmp_path / "empty-models"
     empty.mkdir()
-    engine = create_engine(make_settings(tmp_path, empty, demo=True), CPU_ONLY)
+    engine = make_engine(make_settings(tmp_path, empty, demo=True))
     try:
-        (entry,) = engine.models.entries()
+        (entry,) = engine.checkpoints()
         assert entry.demo is True
         result = engine.generate(tiny(seed=6), TIMEOUT)
         assert result.images[0].path.is_file()
@@ -534,9 +537,9 @@ def test_demo_mode_without_models_draws_with_the_demo_model(tmp_path):
 def test_no_models_fails_the_job_naming_the_folder(tmp_path):
     empty = tmp_path / "empty-models"
     empty.mkdir()
-    engine = create_engine(make_settings(tmp_path, empty, demo=False), CPU_ONLY)
+    engine = make_engine(make_settings(tmp_path, empty, demo=False))
     try:
-        assert engine.models.entries() == []
+        assert engine.checkpoints() == []
         job = engine.submit(tiny())
         with pytest.raises(NoModelAvailable) as caught:
             job.wait(TIMEOUT)

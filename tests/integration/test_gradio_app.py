@@ -8,9 +8,9 @@ from PIL import Image
 
 from app.engine import create_engine
 from app.images.metadata import parse_infotext, read_parameters
+from server.compose import serve
 from tests.conftest import CPU_ONLY, make_settings
 from ui.app import build_ui
-from ui.server import serve
 
 
 @pytest.fixture

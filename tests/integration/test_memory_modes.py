@@ -13,22 +13,22 @@ import pytest
 import torch
 from PIL import Image
 
-import app.engine as engine_module
+import app.generation.runner as runner_module
 import app.models.manager as manager_module
 from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan
 from app.devices import degraded as real_degraded
-from app.engine import Engine, create_engine
+from app.engine import Engine
 from app.errors import EaselError
 from app.generation.diffusion import decoded
 from app.generation.prompts import encode_prompt_pair
 from app.generation.requests import GenerationRequest
-from app.images.store import OutputStore
 from app.jobs import JobState
-from app.models import families
-from app.models.manager import IMG2IMG, ModelManager
+from app.kinds import JobKind
+from app.models.families import Family
+from app.models.manager import ModelManager
 from app.models.registry import ModelRegistry
-from app.models.tiny import tiny_pipeline
-from tests.conftest import CPU_ONLY, TINY_SD1, make_settings
+from tests.conftest import CPU_ONLY, TINY_SD1, engine_over, make_engine, make_settings, models_of
+from tools.tiny_models import tiny_pipeline
 
 TIMEOUT = 60.0
 # Attention slicing (on in the offload modes) adds in another order: a pixel may move one level.
@@ -100,8 +100,8 @@ def hooked(pipe) -> bool:
 def cpu_engine(tiny_models_dir, tiny_configs_dir, tmp_path_factory) -> Engine:
     """One CPU engine for the retry tests and for reference pixels (each test undoes its patches)."""
     settings = make_settings(tmp_path_factory.mktemp("cpu"), tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
-    engine = create_engine(settings, CPU_ONLY)
-    engine.models.load(TINY_SD1)
+    engine = make_engine(settings)
+    engine.select_checkpoint(TINY_SD1)
     yield engine
     engine.close()
 
@@ -120,15 +120,15 @@ def reference(cpu_engine) -> dict[str, np.ndarray]:
 
 def test_out_of_memory_steps_down_once_and_runs_the_batch_again(cpu_engine, reference, monkeypatch):
     engine = cpu_engine
-    flaky = FlakyRunBatch(engine_module.run_batch, out_of_memory())
-    monkeypatch.setattr(engine_module, "run_batch", flaky)
+    flaky = FlakyRunBatch(runner_module.run_batch, out_of_memory())
+    monkeypatch.setattr(runner_module, "run_batch", flaky)
     stepped = []
 
     def degrade() -> str:  # the real one would find nothing below the CPU
-        stepped.append(engine.models.plan.memory_mode)
+        stepped.append(models_of(engine).plan.memory_mode)
         return "Now running in the test's leaner mode."
 
-    monkeypatch.setattr(engine.models, "degrade", degrade)
+    monkeypatch.setattr(models_of(engine), "degrade", degrade)
     files_before = png_count(engine)
 
     result = engine.generate(tiny(), TIMEOUT)
@@ -154,8 +154,8 @@ def test_out_of_memory_on_the_cpu_fails_the_job_with_advice_and_the_engine_goes_
     cpu_engine, reference, monkeypatch, error
 ):
     engine = cpu_engine
-    flaky = FlakyRunBatch(engine_module.run_batch, error)
-    monkeypatch.setattr(engine_module, "run_batch", flaky)
+    flaky = FlakyRunBatch(runner_module.run_batch, error)
+    monkeypatch.setattr(runner_module, "run_batch", flaky)
     files_before = png_count(engine)
 
     job = engine.submit(tiny())
@@ -166,7 +166,7 @@ def test_out_of_memory_on_the_cpu_fails_the_job_with_advice_and_the_engine_goes_
     assert "out of memory even on the CPU" in message
     assert "smaller image size or batch size" in message  # what to do
     assert flaky.calls == 1 and png_count(engine) == files_before
-    assert engine.plan.memory_mode is MemoryMode.CPU
+    assert models_of(engine).plan.memory_mode is MemoryMode.CPU
 
     after = generate(engine)  # the next request is served, with the same model, as before
     assert np.array_equal(pixels(after.path), reference["txt2img"])
@@ -174,10 +174,10 @@ def test_out_of_memory_on_the_cpu_fails_the_job_with_advice_and_the_engine_goes_
 
 def test_other_errors_are_not_taken_for_out_of_memory(cpu_engine, monkeypatch):
     engine = cpu_engine
-    flaky = FlakyRunBatch(engine_module.run_batch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    monkeypatch.setattr(engine_module, "run_batch", flaky)
+    flaky = FlakyRunBatch(runner_module.run_batch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    monkeypatch.setattr(runner_module, "run_batch", flaky)
     stepped = []
-    monkeypatch.setattr(engine.models, "degrade", lambda: stepped.append(1) or "never")
+    monkeypatch.setattr(models_of(engine), "degrade", lambda: stepped.append(1) or "never")
 
     job = engine.submit(tiny())
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
@@ -206,7 +206,7 @@ def offload_engine(tiny_models_dir, tiny_configs_dir, tmp_path, monkeypatch):
     registry.refresh()
     manager = ModelManager(registry, MODEL_OFFLOAD_ON_CPU, CPU_ONLY, tiny_configs_dir)
     settings = make_settings(tmp_path / "offload", tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
-    engine = Engine(settings, manager, OutputStore(settings.outputs_dir))
+    engine = engine_over(settings, manager)
     manager.load(TINY_SD1)
     yield engine
     engine.close()
@@ -214,19 +214,19 @@ def offload_engine(tiny_models_dir, tiny_configs_dir, tmp_path, monkeypatch):
 
 def test_model_offload_generates_like_the_cpu_and_hooks_follow_the_pipeline(reference, offload_engine):
     cpu_txt, cpu_img = reference["txt2img"], reference["img2img"]
-    loaded = offload_engine.models.loaded
+    loaded = models_of(offload_engine).loaded
     assert hooked(loaded.base)
 
     offload_txt = pixels(generate(offload_engine).path)
     assert np.abs(offload_txt - cpu_txt).max() <= SLICING_TOLERANCE
     offload_img = pixels(generate(offload_engine, init_image=gradient(), strength=0.6).path)
-    assert loaded.hooked == IMG2IMG  # the offload hooks moved to the pipeline that ran
+    assert loaded.hooked is JobKind.IMG2IMG  # the offload hooks moved to the pipeline that ran
     assert np.abs(offload_img - cpu_img).max() <= SLICING_TOLERANCE
     assert np.array_equal(pixels(generate(offload_engine).path), offload_txt)  # and back
 
 
 def test_degrade_walks_the_loaded_model_down_the_ladder_to_the_cpu(reference, offload_engine):
-    manager = offload_engine.models
+    manager = models_of(offload_engine)
     base = manager.loaded.base
     assert hooked(base) and placements(base) == {("cpu", torch.float32)}
 
@@ -249,7 +249,7 @@ def test_degrade_walks_the_loaded_model_down_the_ladder_to_the_cpu(reference, of
 
 
 def test_the_ladder_works_after_generating_in_model_offload(reference, offload_engine):
-    manager = offload_engine.models
+    manager = models_of(offload_engine)
     generate(offload_engine)  # a job in model offload, then out of memory twice
     manager.degrade()
     manager.degrade()
@@ -259,7 +259,7 @@ def test_the_ladder_works_after_generating_in_model_offload(reference, offload_e
 
 
 def test_prompts_are_encoded_on_the_execution_device_in_sequential_offload():
-    pipe = tiny_pipeline(families.SD1, seed=0)
+    pipe = tiny_pipeline(Family.SD1, seed=0)
     apply_plan(pipe, SEQUENTIAL_OFFLOAD_ON_CPU)
     seen: list[torch.device] = []
 
@@ -298,7 +298,7 @@ def nan_while_half(vae, monkeypatch) -> list[torch.dtype]:
 
 @pytest.fixture
 def half_vae_pipe():
-    pipe = tiny_pipeline(families.SD1, seed=0)
+    pipe = tiny_pipeline(Family.SD1, seed=0)
     pipe.vae.to(torch.bfloat16)
     latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
     return pipe, latents
@@ -339,16 +339,16 @@ def test_a_model_known_to_overflow_decodes_in_float32_straight_away(half_vae_pip
 
 def test_engine_remembers_the_float32_vae_for_the_model(tiny_models_dir, tiny_configs_dir, tmp_path, monkeypatch):
     settings = make_settings(tmp_path, tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
-    engine = create_engine(settings, BF16_CPU)
+    engine = make_engine(settings, BF16_CPU)
     try:
-        assert engine.plan.dtype == torch.bfloat16
-        engine.models.load(TINY_SD1)
-        loaded = engine.models.loaded
+        assert models_of(engine).plan.dtype == torch.bfloat16
+        engine.select_checkpoint(TINY_SD1)
+        loaded = models_of(engine).loaded
         assert loaded.vae_float32 is False and loaded.base.vae.dtype == torch.bfloat16
         ran = nan_while_half(loaded.base.vae, monkeypatch)
 
         first = generate(engine)
-        assert engine.models.loaded.vae_float32 is True
+        assert models_of(engine).loaded.vae_float32 is True
         assert ran == [torch.bfloat16, torch.float32]
         assert loaded.base.vae.dtype == torch.float32
         assert loaded.base.unet.dtype == torch.bfloat16  # only the VAE leaves half precision
@@ -358,6 +358,6 @@ def test_engine_remembers_the_float32_vae_for_the_model(tiny_models_dir, tiny_co
         img2img = generate(engine, init_image=gradient(), strength=0.6)
         assert img2img.path.is_file() and pixels(img2img.path).std() > 0
         assert ran == [torch.bfloat16, torch.float32, torch.float32]
-        assert engine.models.loaded.vae_float32 is True
+        assert models_of(engine).loaded.vae_float32 is True
     finally:
         engine.close()

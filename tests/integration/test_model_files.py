@@ -22,16 +22,18 @@ from safetensors.torch import save_file
 
 import app.models.manager as manager_module
 import app.models.registry as registry_module
-from app.engine import Engine, create_engine
+from app.engine import Engine
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound
 from app.generation.requests import GenerationRequest
 from app.images.metadata import parse_infotext, read_parameters
-from app.models import families
-from app.models.convert import save_single_file
+from app.kinds import JobKind
+from app.models.detect import Prediction
+from app.models.families import Family
 from app.models.loader import load_pipeline
-from app.models.registry import DIFFUSERS, SINGLE_FILE, ModelRegistry
-from app.models.tiny import tiny_pipeline
-from tests.conftest import CPU_ONLY, make_settings
+from app.models.registry import Layout, ModelRegistry
+from tests.conftest import make_engine, make_settings, models_of
+from tools.ldm_convert import save_single_file
+from tools.tiny_models import tiny_pipeline
 
 TIMEOUT = 60.0
 
@@ -100,19 +102,19 @@ def library(tmp_path_factory) -> Library:
     checkpoints = root / "models" / "Stable-diffusion"
     lib = Library(root, root / "models", checkpoints, root / "CODE-RAN")
 
-    sd15 = tiny_pipeline(families.SD1, seed=0)
+    sd15 = tiny_pipeline(Family.SD1, seed=0)
     save_single_file(sd15, lib.path(SD15))
     save_single_file(sd15, lib.path(SD15_CKPT))  # .ckpt: torch.save({"state_dict": ...})
     sd15.save_pretrained(lib.path(SD15_FOLDER), safe_serialization=True)
-    save_single_file(tiny_pipeline(families.SD1, seed=1), lib.path(OTHER_SD15))
-    save_single_file(tiny_pipeline(families.SD1_INPAINT, seed=0), lib.path(SD15_INPAINT))
-    save_single_file(tiny_pipeline(families.SD2_V, seed=2), lib.path(SD21_V))
-    save_single_file(tiny_pipeline(families.SD2, seed=3), lib.path(SD21_BASE))
+    save_single_file(tiny_pipeline(Family.SD1, seed=1), lib.path(OTHER_SD15))
+    save_single_file(tiny_pipeline(Family.SD1_INPAINT, seed=0), lib.path(SD15_INPAINT))
+    save_single_file(tiny_pipeline(Family.SD2_V, seed=2), lib.path(SD21_V))
+    save_single_file(tiny_pipeline(Family.SD2, seed=3), lib.path(SD21_BASE))
     lib.path(SD21_BASE).with_suffix(".yaml").write_text(EPSILON_YAML)
-    save_single_file(tiny_pipeline(families.SD2_V, seed=4), lib.path(SD21_V_SIDECAR))
+    save_single_file(tiny_pipeline(Family.SD2_V, seed=4), lib.path(SD21_V_SIDECAR))
     lib.path(SD21_V_SIDECAR).with_suffix(".yaml").write_text(V_YAML)
-    save_single_file(tiny_pipeline(families.SD2_INPAINT, seed=0), lib.path(SD2_INPAINT))
-    save_single_file(tiny_pipeline(families.X4_UPSCALER, seed=0), lib.path(X4))
+    save_single_file(tiny_pipeline(Family.SD2_INPAINT, seed=0), lib.path(SD2_INPAINT))
+    save_single_file(tiny_pipeline(Family.X4_UPSCALER, seed=0), lib.path(X4))
 
     whole = lib.path(SD15).read_bytes()
     lib.path(TRUNCATED).parent.mkdir(parents=True)
@@ -143,7 +145,7 @@ def open_engine(tiny_configs_dir, tmp_path):
 
     def make(models_dir: Path, name: str = "engine") -> Engine:
         settings = make_settings(tmp_path / name, models_dir, model_configs_dir=str(tiny_configs_dir))
-        engine = create_engine(settings, CPU_ONLY)
+        engine = make_engine(settings)
         engines.append(engine)
         return engine
 
@@ -195,23 +197,23 @@ def copy_models(library: Library, target: Path, *titles: str) -> Path:
 
 
 EXPECTED = {  # title: (family, family_source, layout)
-    SD15: (families.SD1, "weights", SINGLE_FILE),
-    SD15_CKPT: (families.SD1, "weights", SINGLE_FILE),
-    SD15_FOLDER: (families.SD1, "weights", DIFFUSERS),
-    OTHER_SD15: (families.SD1, "weights", SINGLE_FILE),
-    SD15_INPAINT: (families.SD1_INPAINT, "weights", SINGLE_FILE),
-    SD21_V: (families.SD2_V, "default", SINGLE_FILE),
-    SD21_BASE: (families.SD2, "sidecar", SINGLE_FILE),
-    SD21_V_SIDECAR: (families.SD2_V, "sidecar", SINGLE_FILE),
-    SD2_INPAINT: (families.SD2_INPAINT, "weights", SINGLE_FILE),
-    X4: (families.X4_UPSCALER, "weights", SINGLE_FILE),
+    SD15: (Family.SD1, "weights", Layout.SINGLE_FILE),
+    SD15_CKPT: (Family.SD1, "weights", Layout.SINGLE_FILE),
+    SD15_FOLDER: (Family.SD1, "weights", Layout.DIFFUSERS),
+    OTHER_SD15: (Family.SD1, "weights", Layout.SINGLE_FILE),
+    SD15_INPAINT: (Family.SD1_INPAINT, "weights", Layout.SINGLE_FILE),
+    SD21_V: (Family.SD2_V, "default", Layout.SINGLE_FILE),
+    SD21_BASE: (Family.SD2, "sidecar", Layout.SINGLE_FILE),
+    SD21_V_SIDECAR: (Family.SD2_V, "sidecar", Layout.SINGLE_FILE),
+    SD2_INPAINT: (Family.SD2_INPAINT, "weights", Layout.SINGLE_FILE),
+    X4: (Family.X4_UPSCALER, "weights", Layout.SINGLE_FILE),
 }
 UNUSABLE = (TRUNCATED, RANDOM_CKPT, EVIL, LORA, SDXL)
 
 
 def test_discovery_finds_every_file_and_folder_with_its_family(library, open_engine):
     engine = open_engine(library.models)
-    entries = {entry.title: entry for entry in engine.models.entries()}
+    entries = {entry.title: entry for entry in engine.checkpoints()}
 
     # Exactly the checkpoints: no sidecar .yaml, no weights from inside the diffusers folder.
     assert set(entries) == set(EXPECTED) | set(UNUSABLE)
@@ -256,13 +258,13 @@ def test_unusable_files_say_why(scanned, title, words):
 
 def test_loading_an_unusable_file_fails_with_its_problem_and_keeps_the_model(library, open_engine):
     engine = open_engine(library.models)
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     before = generate(engine)
     for title in UNUSABLE:
         with pytest.raises(ModelLoadError) as caught:
-            engine.models.load(title)
-        assert caught.value.message == engine.models.registry.find(title).problem
-        assert engine.models.active.title == SD15
+            engine.select_checkpoint(title)
+        assert caught.value.message == models_of(engine).registry.find(title).problem
+        assert engine.active_checkpoint().title == SD15
     assert np.array_equal(pixels(generate(engine).path), pixels(before.path))
     assert not library.marker.exists()
 
@@ -275,23 +277,23 @@ def test_unsafe_pickle_is_refused_with_the_reason_and_never_runs(library, open_e
     assert control_marker.exists()
 
     engine = open_engine(library.models)
-    entry = engine.models.registry.find(EVIL)
+    entry = models_of(engine).registry.find(EVIL)
     assert not library.marker.exists()  # the scan did not run it
     assert entry.family is None
     assert "would run Python code" in entry.problem and "safetensors" in entry.problem
     assert not any(advice in entry.problem for advice in UNSAFE_ADVICE)
 
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     with pytest.raises(ModelLoadError) as caught:
-        engine.models.load(EVIL)
+        engine.select_checkpoint(EVIL)
     assert "would run Python code" in caught.value.message
-    assert engine.models.active.title == SD15
+    assert engine.active_checkpoint().title == SD15
     assert not library.marker.exists()
 
     # The loader's own guard, without the registry's verdict in front of it: still weights_only.
-    unguarded = dataclasses.replace(entry, problem=None, family=families.SD1)
+    unguarded = dataclasses.replace(entry, problem=None, family=Family.SD1)
     with pytest.raises(ModelLoadError):
-        load_pipeline(unguarded, torch.float32, engine.models.config_root)
+        load_pipeline(unguarded, torch.float32, models_of(engine).config_root)
     assert not library.marker.exists()
 
 
@@ -320,17 +322,17 @@ def test_unsafe_plain_pickle_is_named_as_code_not_as_damage(tmp_path):
 def test_unsafe_pickle_swapped_in_after_the_scan_never_runs_and_keeps_the_model(library, open_engine, tmp_path):
     models = copy_models(library, tmp_path / "models", SD15, SD15_CKPT)
     engine = open_engine(models)
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     before = generate(engine)
     marker = tmp_path / "code-ran"
     write_evil_ckpt(models / "Stable-diffusion" / SD15_CKPT, marker)  # replaced while the app runs
 
     with pytest.raises(ModelLoadError) as caught:
-        engine.models.load(SD15_CKPT)
+        engine.select_checkpoint(SD15_CKPT)
     assert f"'{SD15_CKPT}'" in caught.value.message
     assert not any(advice in caught.value.message for advice in UNSAFE_ADVICE)
     assert not marker.exists()
-    assert engine.models.active.title == SD15
+    assert engine.active_checkpoint().title == SD15
     assert np.array_equal(pixels(generate(engine).path), pixels(before.path))
 
 
@@ -339,7 +341,7 @@ def test_unsafe_pickle_reaching_the_loader_is_named_as_code(library, open_engine
     engine = open_engine(models)
     write_evil_ckpt(models / "Stable-diffusion" / SD15_CKPT, tmp_path / "code-ran")
     with pytest.raises(ModelLoadError) as caught:
-        engine.models.load(SD15_CKPT)
+        engine.select_checkpoint(SD15_CKPT)
     assert "Python code" in caught.value.message
 
 
@@ -350,9 +352,9 @@ def test_single_file_ckpt_and_diffusers_folder_of_the_same_weights_draw_the_same
     engine = open_engine(library.models)
     images = {}
     for title in (SD15, SD15_CKPT, SD15_FOLDER, OTHER_SD15):
-        assert engine.models.load(title).title == title
+        assert engine.select_checkpoint(title).title == title
         images[title] = generate(engine)
-        assert params_of(images[title].path)["Model"] == engine.models.active.name
+        assert params_of(images[title].path)["Model"] == engine.active_checkpoint().name
     reference = pixels(images[SD15_FOLDER].path)  # diffusers' own format: the ground truth
     assert np.array_equal(pixels(images[SD15].path), reference)
     assert np.array_equal(pixels(images[SD15_CKPT].path), reference)
@@ -363,47 +365,47 @@ def test_single_file_ckpt_and_diffusers_folder_of_the_same_weights_draw_the_same
 @pytest.mark.parametrize(
     "title, family, source, prediction",
     [
-        (SD21_V, families.SD2_V, "default", "v_prediction"),
-        (SD21_BASE, families.SD2, "sidecar", "epsilon"),
-        (SD21_V_SIDECAR, families.SD2_V, "sidecar", "v_prediction"),
+        (SD21_V, Family.SD2_V, "default", "v_prediction"),
+        (SD21_BASE, Family.SD2, "sidecar", "epsilon"),
+        (SD21_V_SIDECAR, Family.SD2_V, "sidecar", "v_prediction"),
     ],
 )
 def test_loaded_pipeline_predicts_what_detection_says(library, open_engine, title, family, source, prediction):
     engine = open_engine(library.models)
-    entry = engine.models.load(title)
+    entry = engine.select_checkpoint(title)
     assert (entry.family, entry.family_source) == (family, source)
-    loaded = engine.models.loaded
+    loaded = models_of(engine).loaded
     assert loaded.base.scheduler.config.prediction_type == prediction
     assert loaded.scheduler_config["prediction_type"] == prediction
     generate(engine)
     # The job's sampler is built from the checkpoint's config: the prediction type carries over.
-    assert engine.models.loaded.base.scheduler.config.prediction_type == prediction
+    assert models_of(engine).loaded.base.scheduler.config.prediction_type == prediction
 
 
 def test_user_prediction_override_reloads_changes_pixels_and_persists(library, open_engine, tmp_path):
     models = copy_models(library, tmp_path / "models", SD21_V, SD15)
     engine = open_engine(models)
-    registry = engine.models.registry
+    registry = models_of(engine).registry
     assert registry.find(SD21_V).family_source == "default"
-    engine.models.load(SD21_V)
+    engine.select_checkpoint(SD21_V)
     as_v = generate(engine)
 
-    entry = registry.set_prediction(SD21_V, "epsilon")
-    assert (entry.family, entry.family_source) == (families.SD2, "override")
-    engine.models.load(SD21_V)  # same file, other family: reloaded, not a no-op
-    assert engine.models.loaded.base.scheduler.config.prediction_type == "epsilon"
+    entry = registry.set_prediction(SD21_V, Prediction.EPSILON)
+    assert (entry.family, entry.family_source) == (Family.SD2, "override")
+    engine.select_checkpoint(SD21_V)  # same file, other family: reloaded, not a no-op
+    assert models_of(engine).loaded.base.scheduler.config.prediction_type == "epsilon"
     as_epsilon = generate(engine)
     assert not np.array_equal(pixels(as_v.path), pixels(as_epsilon.path))
 
     # Remembered across starts (models/model-settings.json).
     again = ModelRegistry(models)
     again.refresh()
-    assert (again.find(SD21_V).family, again.find(SD21_V).family_source) == (families.SD2, "override")
+    assert (again.find(SD21_V).family, again.find(SD21_V).family_source) == (Family.SD2, "override")
 
     entry = registry.set_prediction(SD21_V, None)  # back to "nothing says otherwise"
-    assert (entry.family, entry.family_source) == (families.SD2_V, "default")
-    engine.models.load(SD21_V)
-    assert engine.models.loaded.base.scheduler.config.prediction_type == "v_prediction"
+    assert (entry.family, entry.family_source) == (Family.SD2_V, "default")
+    engine.select_checkpoint(SD21_V)
+    assert models_of(engine).loaded.base.scheduler.config.prediction_type == "v_prediction"
     assert np.array_equal(pixels(generate(engine).path), pixels(as_v.path))
 
 
@@ -411,11 +413,11 @@ def test_hash_is_a1111s_short_sha256_written_to_the_png_and_cached(library, open
     models = copy_models(library, tmp_path / "models", SD15, SD21_V)
     expected = sha256_of(library.path(SD15))[:10]
     first = open_engine(models, "first")
-    assert first.models.registry.find(SD15).model_hash is None  # not hashed before it is needed
-    entry = first.models.load(SD15)
+    assert models_of(first).registry.find(SD15).model_hash is None  # not hashed before it is needed
+    entry = first.select_checkpoint(SD15)
     assert entry.model_hash == expected
-    assert first.models.active.model_hash == expected
-    assert first.models.registry.find(SD15).model_hash == expected
+    assert first.active_checkpoint().model_hash == expected
+    assert models_of(first).registry.find(SD15).model_hash == expected
     image = generate(first)
     assert params_of(image.path)["Model hash"] == expected
     assert f"Model hash: {expected}" in image.parameters
@@ -425,15 +427,15 @@ def test_hash_is_a1111s_short_sha256_written_to_the_png_and_cached(library, open
         raise AssertionError("re-read a checkpoint although its facts were cached")
 
     monkeypatch.setattr(registry_module, "file_sha256", must_not_run)
-    monkeypatch.setattr(registry_module, "weight_shapes", must_not_run)
-    settings = make_settings(tmp_path / "first", models, model_configs_dir=str(first.models.config_root))
-    second = create_engine(settings, CPU_ONLY)
+    monkeypatch.setattr(registry_module, "tensor_shapes", must_not_run)
+    settings = make_settings(tmp_path / "first", models, model_configs_dir=str(models_of(first).config_root))
+    second = make_engine(settings)
     try:
-        assert second.models.registry.find(SD15).model_hash == expected  # known from the cache at once
-        assert second.models.registry.find(SD21_V).family == families.SD2_V
+        assert models_of(second).registry.find(SD15).model_hash == expected  # known from the cache at once
+        assert models_of(second).registry.find(SD21_V).family == Family.SD2_V
         # An A1111 client sends the title with a hash in brackets (even a stale one).
-        assert second.models.load(f"{SD15} [0123456789]").title == SD15
-        assert second.models.load(f"{SD15} [{expected}]").model_hash == expected
+        assert second.select_checkpoint(f"{SD15} [0123456789]").title == SD15
+        assert second.select_checkpoint(f"{SD15} [{expected}]").model_hash == expected
         assert params_of(generate(second).path)["Model hash"] == expected
     finally:
         second.close()
@@ -443,16 +445,16 @@ def test_changed_file_is_hashed_and_detected_again(library, open_engine, tmp_pat
     models = copy_models(library, tmp_path / "models", SD15)
     path = models / "Stable-diffusion" / SD15
     engine = open_engine(models)
-    old_hash = engine.models.load(SD15).model_hash
+    old_hash = engine.select_checkpoint(SD15).model_hash
     assert old_hash == sha256_of(path)[:10]
 
-    engine.models.unload()
+    models_of(engine).unload()
     shutil.copy(library.path(SD2_INPAINT), path)  # the same name, other weights (other size, mtime)
-    entry = next(e for e in engine.models.refresh() if e.title == SD15)
-    assert entry.family == families.SD2_INPAINT  # not the cached SD1
+    entry = next(e for e in engine.refresh_models() if e.title == SD15)
+    assert entry.family == Family.SD2_INPAINT  # not the cached SD1
     assert entry.model_hash in (None, sha256_of(path)[:10])  # never the stale hash
-    engine.models.load(SD15)
-    assert engine.models.active.model_hash == sha256_of(path)[:10] != old_hash
+    engine.select_checkpoint(SD15)
+    assert engine.active_checkpoint().model_hash == sha256_of(path)[:10] != old_hash
 
 
 # --- refresh ----------------------------------------------------------------------------------------
@@ -461,21 +463,21 @@ def test_changed_file_is_hashed_and_detected_again(library, open_engine, tmp_pat
 def test_refresh_picks_up_added_and_removed_files_and_folders(library, open_engine, tmp_path):
     models = copy_models(library, tmp_path / "models", SD15)
     engine = open_engine(models)
-    assert [e.title for e in engine.models.entries()] == [SD15]
+    assert [e.title for e in engine.checkpoints()] == [SD15]
 
     copy_models(library, models, OTHER_SD15, SD15_FOLDER, SD21_BASE)  # without its sidecar: v assumed
-    assert [e.title for e in engine.models.entries()] == [SD15]  # nothing changes until refresh
-    titles = {e.title: e for e in engine.models.refresh()}
+    assert [e.title for e in engine.checkpoints()] == [SD15]  # nothing changes until refresh
+    titles = {e.title: e for e in engine.refresh_models()}
     assert set(titles) == {SD15, OTHER_SD15, SD15_FOLDER, SD21_BASE}
-    assert titles[OTHER_SD15].family == families.SD1 and titles[SD15_FOLDER].layout == DIFFUSERS
-    assert (titles[SD21_BASE].family, titles[SD21_BASE].family_source) == (families.SD2_V, "default")
-    assert engine.models.load(OTHER_SD15).title == OTHER_SD15
+    assert titles[OTHER_SD15].family == Family.SD1 and titles[SD15_FOLDER].layout is Layout.DIFFUSERS
+    assert (titles[SD21_BASE].family, titles[SD21_BASE].family_source) == (Family.SD2_V, "default")
+    assert engine.select_checkpoint(OTHER_SD15).title == OTHER_SD15
 
     (models / "Stable-diffusion" / SD15).unlink()
     shutil.rmtree(models / "Stable-diffusion" / SD15_FOLDER)
-    assert {e.title for e in engine.models.refresh()} == {OTHER_SD15, SD21_BASE}
+    assert {e.title for e in engine.refresh_models()} == {OTHER_SD15, SD21_BASE}
     with pytest.raises(ModelNotFound) as caught:
-        engine.models.load(SD15)
+        engine.select_checkpoint(SD15)
     assert SD15 in caught.value.message and OTHER_SD15 in caught.value.message
 
 
@@ -484,24 +486,24 @@ def test_refresh_picks_up_added_and_removed_files_and_folders(library, open_engi
 
 def test_hot_swap_a_b_a_reproduces_and_the_img2img_sibling_shares_then_goes(library, open_engine):
     engine = open_engine(library.models)
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     a_txt = generate(engine)
     a_img = generate(engine, init_image=gradient(), strength=0.6)
-    loaded_a = engine.models.loaded
-    sibling = loaded_a.siblings["img2img"]
+    loaded_a = models_of(engine).loaded
+    sibling = loaded_a.siblings[JobKind.IMG2IMG]
     for module in ("unet", "vae", "text_encoder"):
         assert getattr(sibling, module) is getattr(loaded_a.base, module), module
 
-    engine.models.load(OTHER_SD15)
+    engine.select_checkpoint(OTHER_SD15)
     assert loaded_a.siblings == {}  # the old model's sibling went with it
-    assert engine.models.loaded is not loaded_a and engine.models.loaded.siblings == {}
+    assert models_of(engine).loaded is not loaded_a and models_of(engine).loaded.siblings == {}
     b_txt = generate(engine)
     b_img = generate(engine, init_image=gradient(), strength=0.6)
-    assert engine.models.loaded.siblings["img2img"].unet is engine.models.loaded.base.unet
+    assert models_of(engine).loaded.siblings[JobKind.IMG2IMG].unet is models_of(engine).loaded.base.unet
     assert not np.array_equal(pixels(b_txt.path), pixels(a_txt.path))
     assert not np.array_equal(pixels(b_img.path), pixels(a_img.path))  # not a stale sibling
 
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     assert np.array_equal(pixels(generate(engine).path), pixels(a_txt.path))
     assert np.array_equal(
         pixels(generate(engine, init_image=gradient(), strength=0.6).path), pixels(a_img.path)
@@ -514,45 +516,45 @@ def test_failed_load_leaves_the_previous_model_working(library, open_engine, tmp
     monkeypatch.setattr(manager_module, "load_new_first", lambda available, needed: load_new_first)
     models = copy_models(library, tmp_path / "models", SD15, OTHER_SD15)
     engine = open_engine(models)
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     before = generate(engine)
 
     # Damaged after the scan (the entry still looks fine): the failure comes from the loader itself.
     broken = models / "Stable-diffusion" / OTHER_SD15
     broken.write_bytes(broken.read_bytes()[:4096])
     with pytest.raises(ModelLoadError) as caught:
-        engine.models.load(OTHER_SD15)
+        engine.select_checkpoint(OTHER_SD15)
     assert f"'{OTHER_SD15}'" in caught.value.message and "damaged" in caught.value.message
     assert "Python code" not in caught.value.message
     assert not any(advice in caught.value.message for advice in UNSAFE_ADVICE)
-    assert engine.models.active.title == SD15
+    assert engine.active_checkpoint().title == SD15
     assert np.array_equal(pixels(generate(engine).path), pixels(before.path))
 
 
 def test_checkpoint_removed_after_the_scan_gives_a_clear_error(library, open_engine, tmp_path):
     models = copy_models(library, tmp_path / "models", SD15, OTHER_SD15)
     engine = open_engine(models)
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     (models / "Stable-diffusion" / OTHER_SD15).unlink()
     with pytest.raises(EaselError) as caught:
-        engine.models.load(OTHER_SD15)
+        engine.select_checkpoint(OTHER_SD15)
     assert OTHER_SD15 in caught.value.message
-    assert engine.models.active.title == SD15
+    assert engine.active_checkpoint().title == SD15
 
 
 def test_inpainting_and_upscaler_checkpoints_refuse_txt2img_and_img2img(library, open_engine):
     engine = open_engine(library.models)
     for title, family in (
-        (SD15_INPAINT, families.SD1_INPAINT),
-        (SD2_INPAINT, families.SD2_INPAINT),
-        (X4, families.X4_UPSCALER),
+        (SD15_INPAINT, Family.SD1_INPAINT),
+        (SD2_INPAINT, Family.SD2_INPAINT),
+        (X4, Family.X4_UPSCALER),
     ):
-        assert engine.models.load(title).family == family  # it loads: the refusal is about the task
+        assert engine.select_checkpoint(title).family == family  # it loads: the refusal is about the task
         for kind, fields in (("txt2img", {}), ("img2img", {"init_image": gradient()})):
             with pytest.raises(InvalidRequest) as caught:
                 generate(engine, **fields)
             message = caught.value.message
-            assert f"'{title}'" in message and families.LABELS[family] in message and kind in message
+            assert f"'{title}'" in message and family.label in message and kind in message
     assert list(engine.settings.outputs_dir.rglob("*.png")) == []
-    engine.models.load(SD15)
+    engine.select_checkpoint(SD15)
     assert generate(engine).path.is_file()  # a regular checkpoint works again at once

@@ -9,7 +9,8 @@ from gradio.data_classes import ImageData
 from PIL import Image
 
 from app.engine import Engine, create_engine
-from app.generation.infotext import png_info, request_fields
+from app.generation.a1111 import request_fields
+from app.generation.infotext import png_info
 from app.generation.requests import GenerationRequest
 from app.images.metadata import png_pnginfo
 from app.images.watermark import apply_watermark
@@ -46,7 +47,7 @@ def shared_engine(tiny_models_dir, tiny_configs_dir, tmp_path_factory) -> Engine
     """The conftest `engine`, once for the module: these tests only read what it made."""
     settings = make_settings(tmp_path_factory.mktemp("pnginfo"), tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
     engine = create_engine(settings, CPU_ONLY)
-    engine.models.load(TINY_SD1)
+    engine.select_checkpoint(TINY_SD1)
     yield engine
     engine.close()
 
@@ -98,17 +99,17 @@ def test_the_tab_shows_parameters_table_and_send_fields_for_an_output(shared_eng
     assert pnginfo_outputs(shared_engine, None) == ("", [], "", INTRO, {})
 
 
-@pytest.mark.parametrize("family, text", [("sd1", "StableDiffusionV1"), ("sd2", "SDV2")])
-def test_watermarked_image_is_recognised(shared_engine, family, text):
-    marked = apply_watermark(grey(), family)
+@pytest.mark.parametrize("text, version", [("StableDiffusionV1", 1), ("SDV2", 2)])
+def test_watermarked_image_is_recognised(shared_engine, text, version):
+    marked = apply_watermark(grey(), text)
     assert png_info(marked).watermark == text
     line = pnginfo_outputs(shared_engine, marked)[2]
-    assert line.startswith(f"Invisible watermark: {text} (made with an SD {family[-1]}.x model)")
+    assert line.startswith(f"Invisible watermark: {text} (made with an SD {version}.x model)")
 
 
 def test_plain_image_has_no_watermark_and_no_parameters(shared_engine):
     info = png_info(grey())
-    assert info == type(info)(parameters=None, fields={}, watermark=None)
+    assert info == type(info)(parameters=None, fields={}, watermark=None, request={})
     text, rows, watermark, message, fields = pnginfo_outputs(shared_engine, grey())
     assert (text, rows, fields) == ("", [], {})
     assert watermark == NO_WATERMARK and message == NO_PARAMETERS

@@ -21,15 +21,13 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from app.devices import free_memory
-from app.engine import create_engine
 from app.generation.requests import GenerationRequest
-from app.models import families
+from app.kinds import JobKind
 from app.models import manager as manager_module
-from app.models.convert import save_single_file, vae_to_ldm
-from app.models.loader import CONFIG_FOLDERS
-from app.models.manager import IMG2IMG, INPAINT
-from app.models.tiny import tokenizer_for
-from tests.conftest import CPU_ONLY, make_settings
+from app.models.families import Family
+from app.models.loader import CONFIG_FOLDERS, tokenizer_for
+from tests.conftest import make_engine, make_settings, models_of
+from tools.ldm_convert import save_single_file, vae_to_ldm
 
 MODEL_A = "medium-a.safetensors"
 MODEL_B = "medium-b.safetensors"
@@ -89,7 +87,7 @@ def medium_pipeline(seed: int) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer_for(families.SD1),
+        tokenizer=tokenizer_for(Family.SD1),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -105,7 +103,7 @@ def write_models(root: Path, file_dtype: torch.dtype) -> tuple[Path, Path]:
     models_dir, config_root = root / "models", root / "model-configs"
     for name, seed in ((MODEL_A, 10), (MODEL_B, 11)):
         pipe = medium_pipeline(seed)
-        folder = config_root / CONFIG_FOLDERS[families.SD1]
+        folder = config_root / CONFIG_FOLDERS[Family.SD1]
         if not folder.is_dir():
             pipe.save_pretrained(folder, safe_serialization=True)
             for weights in folder.rglob("*.safetensors"):
@@ -146,7 +144,7 @@ def job(engine, kind: str = "txt2img") -> None:
     if kind != "txt2img":
         grey = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
         fields = dict(width=None, height=None, strength=0.5, init_image=grey)
-    if kind == INPAINT:
+    if kind == JobKind.INPAINT:
         mask = np.zeros((64, 64), dtype=np.uint8)
         mask[16:48, 16:48] = 255
         fields["mask"] = Image.fromarray(mask)
@@ -193,8 +191,8 @@ def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, model_f
 
     monkeypatch.setattr(manager_module, "load_new_first", recorded)
     models_dir, config_root = model_files(file_dtype)
-    engine = create_engine(make_settings(tmp_path, models_dir, model_configs_dir=str(config_root)), CPU_ONLY)
-    manager = engine.models
+    engine = make_engine(make_settings(tmp_path, models_dir, model_configs_dir=str(config_root)))
+    manager = models_of(engine)
     loaded_rss, job_rss = {}, {}
     try:
         if chosen_vae:
@@ -206,10 +204,10 @@ def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, model_f
         manager.load(MODEL_A)
         loaded_rss["A"] = rss_bytes()
         job(engine)
-        job(engine, IMG2IMG)
-        job(engine, INPAINT)
-        assert set(manager.loaded.siblings) == {IMG2IMG, INPAINT}
-        assert manager.pipeline_for(IMG2IMG) is manager.loaded.siblings[IMG2IMG]
+        job(engine, JobKind.IMG2IMG)
+        job(engine, JobKind.INPAINT)
+        assert set(manager.loaded.siblings) == {JobKind.IMG2IMG, JobKind.INPAINT}
+        assert manager.pipeline_for(JobKind.IMG2IMG) is manager.loaded.siblings[JobKind.IMG2IMG]
         assert (manager.loaded.own_vae is not None) == chosen_vae
         assert manager.loaded.base.unet.dtype == torch.float32
         model = weights_bytes(manager.loaded.base)
@@ -219,8 +217,8 @@ def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, model_f
         watched = {
             "LoadedModel": weakref.ref(old),
             "base pipeline": weakref.ref(old.base),
-            "img2img sibling": weakref.ref(old.siblings[IMG2IMG]),
-            "inpaint sibling": weakref.ref(old.siblings[INPAINT]),
+            "img2img sibling": weakref.ref(old.siblings[JobKind.IMG2IMG]),
+            "inpaint sibling": weakref.ref(old.siblings[JobKind.INPAINT]),
             "unet": weakref.ref(old.base.unet),
             "text encoder": weakref.ref(old.base.text_encoder),
             "vae": weakref.ref(old.base.vae),

@@ -9,16 +9,15 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.engine import create_engine
 from app.errors import EaselError, InvalidRequest, ModelLoadError
 from app.generation.networks import network_upscaled, one_tile
 from app.generation.requests import GenerationRequest
 from app.generation.upscale import UpscaleRequest
 from app.images.metadata import parse_infotext, read_parameters
-from app.models.tiny import tiny_esrgan_state_dict
 from app.models.upscalers import network_from_state_dict
-from tests.conftest import CPU_ONLY, make_settings
+from tests.conftest import make_engine, make_settings, models_of
 from tests.integration.test_model_files import write_evil_ckpt
+from tools.tiny_models import tiny_esrgan_state_dict
 
 X4 = "4x-tiny"                 # .safetensors, Real-ESRGAN key names
 X2 = "RealESRGAN_x2plus"       # .pth with BasicSR's params_ema wrapper, pixel-unshuffle 2x
@@ -42,7 +41,7 @@ def esrgan_models(tiny_models_dir, tmp_path_factory):
 
 @pytest.fixture
 def esrgan_engine(esrgan_models, tiny_configs_dir, tmp_path):
-    engine = create_engine(make_settings(tmp_path, esrgan_models, model_configs_dir=str(tiny_configs_dir)), CPU_ONLY)
+    engine = make_engine(make_settings(tmp_path, esrgan_models, model_configs_dir=str(tiny_configs_dir)))
     yield engine
     engine.close()
 
@@ -56,14 +55,14 @@ def textured(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def test_upscaler_files_are_listed_by_name_with_the_scale_read_from_their_weights(esrgan_engine):
-    names = esrgan_engine.upscaler_names()
+    names = [choice.name for choice in esrgan_engine.upscalers()]
     assert names == ["Lanczos", "Nearest", X1, X4, X2]
-    scales = {e.name: (e.scale, e.architecture) for e in esrgan_engine.models.network_upscalers()}
+    scales = {e.name: (e.scale, e.architecture) for e in models_of(esrgan_engine).registry.networks()}
     assert scales == {X4: (4, "ESRGAN"), X2: (2, "ESRGAN"), X1: (1, "ESRGAN")}
 
 
 def test_unusable_upscaler_files_say_why_and_a_code_pickle_never_runs(esrgan_engine, esrgan_models):
-    problems = {e.name: e.problem for e in esrgan_engine.models.registry.upscalers if e.problem}
+    problems = {e.name: e.problem for e in models_of(esrgan_engine).registry.upscalers if e.problem}
     assert "damaged or incomplete" in problems["truncated"]
     assert "not an upscaler architecture" in problems["not-an-upscaler"]
     assert "would run Python code" in problems["evil"]
@@ -93,7 +92,7 @@ def test_a_picture_that_fits_one_tile_gives_the_same_pixels_tiled_or_not(esrgan_
     picture = textured(40, 30)
     small_tile = esrgan_engine.upscale(UpscaleRequest(image=picture, upscaler=X4, tile=64, overlap=8)).image
     default_tile = esrgan_engine.upscale(UpscaleRequest(image=picture, upscaler=X4)).image
-    with esrgan_engine.models.use_network(X4) as network:
+    with models_of(esrgan_engine).use_network(X4) as network:
         direct = one_tile(network, picture)
     assert np.array_equal(np.asarray(small_tile), np.asarray(default_tile))
     assert np.array_equal(np.asarray(small_tile), np.asarray(direct))
@@ -102,7 +101,7 @@ def test_a_picture_that_fits_one_tile_gives_the_same_pixels_tiled_or_not(esrgan_
 
 def test_a_tiled_run_has_no_visible_seams(esrgan_engine):
     picture = textured(96, 96, seed=4)
-    with esrgan_engine.models.use_network(X4) as network:
+    with models_of(esrgan_engine).use_network(X4) as network:
         whole = np.asarray(one_tile(network, picture), dtype=int)
         blended = np.abs(np.asarray(network_upscaled(network, picture, 48, 16), dtype=int) - whole)
         butted = np.abs(np.asarray(network_upscaled(network, picture, 48, 0), dtype=int) - whole)
@@ -153,14 +152,14 @@ def test_progress_counts_tiles_and_an_interrupt_saves_nothing(esrgan_engine, tmp
 
 
 def test_the_network_is_loaded_once_and_released_with_the_upscaler(esrgan_engine):
-    with esrgan_engine.models.use_network(X4) as first:
+    with models_of(esrgan_engine).use_network(X4) as first:
         pass
-    with esrgan_engine.models.use_network(X4) as again:
+    with models_of(esrgan_engine).use_network(X4) as again:
         assert again is first
-    with esrgan_engine.models.use_network(X2) as other:
+    with models_of(esrgan_engine).use_network(X2) as other:
         assert other is not first and other.scale == 2
-    esrgan_engine.models.unload_upscaler()
-    with esrgan_engine.models.use_network(X2) as reloaded:
+    models_of(esrgan_engine).upscalers.release()
+    with models_of(esrgan_engine).use_network(X2) as reloaded:
         assert reloaded is not other
 
 
@@ -180,7 +179,7 @@ def test_out_of_memory_on_the_cpu_says_what_to_do(esrgan_engine, monkeypatch):
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("app.engine.network_upscaled", no_memory)
+    monkeypatch.setattr("app.generation.upscaling.network_upscaled", no_memory)
     with pytest.raises(EaselError, match="ran out of memory even on the CPU"):
         esrgan_engine.upscale(UpscaleRequest(image=textured(16, 16), upscaler=X4))
 
@@ -202,13 +201,13 @@ def test_a_half_precision_overflow_reruns_the_tile_in_float32():
 def test_the_upscale_tab_offers_the_files_and_upscales_with_them(esrgan_models, tiny_configs_dir, tmp_path):
     from gradio_client import Client, handle_file
 
+    from server.compose import serve
     from tests.integration.test_gradio_app import _free_port
     from ui.app import build_ui
-    from ui.server import serve
 
     settings = make_settings(tmp_path, esrgan_models, host="127.0.0.1", model_configs_dir=str(tiny_configs_dir))
     settings.port = _free_port()
-    engine = create_engine(settings, CPU_ONLY)
+    engine = make_engine(settings)
     blocks = build_ui(engine)
     server = None
     try:

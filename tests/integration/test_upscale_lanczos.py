@@ -30,8 +30,8 @@ def test_a_picture_without_parameters_gets_just_the_postprocess_keys(engine):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"scale": 0.5}, "from 1 to 8"),
-        ({"scale": float("nan")}, "from 1 to 8"),
+        ({"scale": 0.5}, "between 1 and 8"),
+        ({"scale": float("nan")}, "between 1 and 8"),
         ({"scale": "big"}, "must be a number"),
         ({"upscaler": "Magic"}, "Unknown upscaler"),
         ({"upscaler": "SD x4: nothing-here"}, "Unknown upscaler"),

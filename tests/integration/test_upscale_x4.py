@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.engine import create_engine
 from app.errors import EaselError
 from app.generation.requests import GenerationRequest
 from app.generation.upscale import UpscaleRequest
 from app.images.metadata import parse_infotext, read_parameters
-from app.models import families
-from app.models.tiny import save_tiny_model
-from tests.conftest import CPU_ONLY, TINY_SD1, TINY_SD2_V, make_settings
+from app.models.families import Family
+from tests.conftest import TINY_SD1, TINY_SD2_V, make_engine, make_settings, models_of
+from tools.tiny_models import save_tiny_model
 
 X4 = "tiny-x4"
 
@@ -24,13 +23,13 @@ def models_with_upscaler(tiny_models_dir, tmp_path_factory):
 
     models = tmp_path_factory.mktemp("x4-models")
     shutil.copytree(tiny_models_dir / "Stable-diffusion", models / "Stable-diffusion")
-    save_tiny_model(models / "Stable-diffusion" / X4, families.X4_UPSCALER, seed=3)
+    save_tiny_model(models / "Stable-diffusion" / X4, Family.X4_UPSCALER, seed=3)
     return models
 
 
 @pytest.fixture
 def x4_engine(models_with_upscaler, tiny_configs_dir, tmp_path):
-    engine = create_engine(make_settings(tmp_path, models_with_upscaler, model_configs_dir=str(tiny_configs_dir)), CPU_ONLY)
+    engine = make_engine(make_settings(tmp_path, models_with_upscaler, model_configs_dir=str(tiny_configs_dir)))
     yield engine
     engine.close()
 
@@ -40,7 +39,7 @@ def x4_request(image, **fields):
 
 
 def test_the_upscaler_is_offered_by_its_title(x4_engine):
-    assert x4_engine.upscaler_names() == ["Lanczos", "Nearest", f"SD x4: {X4}"]
+    assert [choice.name for choice in x4_engine.upscalers()] == ["Lanczos", "Nearest", f"SD x4: {X4}"]
 
 
 def test_sd_x4_makes_the_picture_four_times_larger_and_keeps_its_parameters(x4_engine):
@@ -53,7 +52,7 @@ def test_sd_x4_makes_the_picture_four_times_larger_and_keeps_its_parameters(x4_e
     assert fields["Prompt"] == "a hut" and fields["Seed"] == "8"
     assert fields["Postprocess upscaler"] == f"SD x4: {X4}" and fields["Upscale seed"] == "5"
     # The base checkpoint stays loaded beside the upscaler when memory allows.
-    assert x4_engine.models.active.title == TINY_SD1
+    assert x4_engine.active_checkpoint().title == TINY_SD1
 
 
 def test_odd_sizes_are_padded_and_cropped_back_and_other_scales_resize(x4_engine):
@@ -95,7 +94,7 @@ def test_closing_the_engine_releases_the_upscaler(x4_engine):
     import weakref
 
     x4_engine.upscale(x4_request(Image.new("RGB", (32, 32))))
-    with x4_engine.models.use_upscaler(X4) as pipe:
+    with models_of(x4_engine).use_x4(X4) as pipe:
         unet = weakref.ref(pipe.unet)
     del pipe
     x4_engine.close()
@@ -108,10 +107,10 @@ def test_choosing_another_checkpoint_releases_the_upscaler_only_when_memory_is_s
     import weakref
 
     x4_engine.upscale(x4_request(Image.new("RGB", (32, 32))))
-    with x4_engine.models.use_upscaler(X4) as pipe:
+    with models_of(x4_engine).use_x4(X4) as pipe:
         unet = weakref.ref(pipe.unet)
     del pipe
-    monkeypatch.setattr(x4_engine.models, "_available_bytes", lambda: available)
-    x4_engine.models.load(TINY_SD2_V)
-    assert x4_engine.models.active.title == TINY_SD2_V
+    monkeypatch.setattr(models_of(x4_engine), "_available_bytes", lambda: available)
+    x4_engine.select_checkpoint(TINY_SD2_V)
+    assert x4_engine.active_checkpoint().title == TINY_SD2_V
     assert (unet() is not None) == kept

@@ -7,10 +7,10 @@ from safetensors.torch import save_file
 from app.errors import ModelLoadError, ModelNotFound
 from app.generation.requests import GenerationRequest
 from app.images.metadata import parse_infotext
-from app.models import families
-from app.models.convert import vae_to_ldm
-from app.models.tiny import tiny_pipeline
+from app.models.families import Family
 from tests.conftest import TINY_SD1
+from tools.ldm_convert import vae_to_ldm
+from tools.tiny_models import tiny_pipeline
 
 
 def pixels(engine, seed=3):
@@ -23,10 +23,10 @@ def pixels(engine, seed=3):
 def vae_engine(engine, tiny_models_dir):
     vae_dir = tiny_models_dir / "VAE"
     vae_dir.mkdir(exist_ok=True)
-    other = tiny_pipeline(families.SD1, seed=42).vae  # same architecture, other weights
+    other = tiny_pipeline(Family.SD1, seed=42).vae  # same architecture, other weights
     save_file({k: v.contiguous() for k, v in vae_to_ldm(other.state_dict()).items()}, vae_dir / "other-vae.safetensors")
     (vae_dir / "broken-vae.safetensors").write_bytes(b"not a safetensors file")
-    engine.models.refresh()
+    engine.refresh_models()
     yield engine
     for path in vae_dir.iterdir():
         path.unlink()
@@ -34,21 +34,21 @@ def vae_engine(engine, tiny_models_dir):
 
 def test_a_chosen_vae_changes_the_picture_and_is_written_in_the_png(vae_engine):
     own, own_parameters = pixels(vae_engine)
-    vae_engine.models.select_vae("other-vae.safetensors")
+    vae_engine.select_vae("other-vae.safetensors")
     other, parameters = pixels(vae_engine)
     assert not np.array_equal(own, other)
     assert parse_infotext(parameters)["VAE"] == "other-vae"
     assert "VAE" not in parse_infotext(own_parameters)
 
-    vae_engine.models.select_vae(None)
+    vae_engine.select_vae(None)
     back, _ = pixels(vae_engine)
     assert np.array_equal(own, back)
 
 
 def test_the_chosen_vae_follows_a_checkpoint_swap(vae_engine):
-    vae_engine.models.select_vae("other-vae.safetensors")
-    vae_engine.models.load("tiny-sd21-v")
-    vae_engine.models.load(TINY_SD1)
+    vae_engine.select_vae("other-vae.safetensors")
+    vae_engine.select_checkpoint("tiny-sd21-v")
+    vae_engine.select_checkpoint(TINY_SD1)
     _, parameters = pixels(vae_engine)
     assert parse_infotext(parameters)["VAE"] == "other-vae"
 
@@ -56,9 +56,9 @@ def test_the_chosen_vae_follows_a_checkpoint_swap(vae_engine):
 def test_unknown_or_broken_vae_is_a_clear_error_and_changes_nothing(vae_engine):
     before, _ = pixels(vae_engine)
     with pytest.raises(ModelNotFound, match="no VAE named"):
-        vae_engine.models.select_vae("missing.safetensors")
+        vae_engine.select_vae("missing.safetensors")
     with pytest.raises(ModelLoadError, match="broken-vae"):
-        vae_engine.models.select_vae("broken-vae.safetensors")
-    assert vae_engine.models.vae_choice is None
+        vae_engine.select_vae("broken-vae.safetensors")
+    assert vae_engine.vae_choice() is None
     after, _ = pixels(vae_engine)
     assert np.array_equal(before, after)

@@ -359,7 +359,7 @@ def _hooked(pipe) -> bool:
 
 @pytest.fixture
 def tiny():
-    from app.models.tiny import tiny_pipeline
+    from tools.tiny_models import tiny_pipeline
 
     pipe = tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)

@@ -21,7 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from app.errors import EaselError
-from app.models import download, families
+from app.models import download
 from app.models.download import (
     CANCELLED_MESSAGE,
     CatalogEntry,
@@ -33,6 +33,7 @@ from app.models.download import (
     offline_instructions,
     partial_path,
 )
+from app.models.families import Family
 
 PAYLOAD = random.Random(0).randbytes(2_000_000)
 SLOW_PIECE = 64 * 1024
@@ -42,7 +43,7 @@ TIMEOUT_S = 5.0
 ENTRY = CatalogEntry(
     id="test",
     title="Test model",
-    family=families.SD1,
+    family=Family.SD1,
     repository="easel-tests/tiny-model",
     filename="tiny.safetensors",
     size=len(PAYLOAD),
@@ -388,7 +389,7 @@ def test_real_catalog_has_the_four_defaults_with_valid_values():
     entries = load_catalog()
 
     assert [entry.id for entry in entries] == ["sd15", "sd21", "sd21-base", "x4-upscaler"]
-    assert [entry.family for entry in entries] == [families.SD1, families.SD2_V, families.SD2, families.X4_UPSCALER]
+    assert [entry.family for entry in entries] == [Family.SD1, Family.SD2_V, Family.SD2, Family.X4_UPSCALER]
     for entry in entries:
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
         assert entry.size is None or entry.size > 0

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from app.errors import QueueFull
-from app.jobs import UNFINISHED, Job, JobQueue, JobState
+from app.job_queue import JobQueue
+from app.jobs import UNFINISHED, Job, JobState
 
 
 class Recorder:

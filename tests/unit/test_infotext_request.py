@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from app.generation.infotext import request_fields
+from app.generation.a1111 import request_fields
 from app.generation.requests import GenerationRequest
 from app.images.metadata import GenerationInfo, infotext, parse_infotext, png_pnginfo, read_parameters
 

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from app.errors import EaselError, InvalidRequest, QueueFull
-from app.jobs import Job, JobQueue, JobState, Progress
+from app.job_queue import JobQueue
+from app.jobs import Job, JobState, Progress
 
 TIMEOUT = 5.0
 

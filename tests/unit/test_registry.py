@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import ModelNotFound
-from app.models import families
+from app.models.families import Family
 from app.models.registry import CHECKPOINT_SUBFOLDER, ModelRegistry, diffusers_family
 
 
@@ -56,13 +56,13 @@ def checkpoints(tmp_path) -> Path:
 @pytest.mark.parametrize(
     "configs, family",
     [
-        (SD1, families.SD1),
-        (SD1_INPAINT, families.SD1_INPAINT),
-        (SD2_V, families.SD2_V),
-        (SD2, families.SD2),
-        (dict(hidden_act="gelu", prediction_type=None), families.SD2),  # diffusers' default: epsilon
-        (SD2_INPAINT, families.SD2_INPAINT),
-        (X4, families.X4_UPSCALER),
+        (SD1, Family.SD1),
+        (SD1_INPAINT, Family.SD1_INPAINT),
+        (SD2_V, Family.SD2_V),
+        (SD2, Family.SD2),
+        (dict(hidden_act="gelu", prediction_type=None), Family.SD2),  # diffusers' default: epsilon
+        (SD2_INPAINT, Family.SD2_INPAINT),
+        (X4, Family.X4_UPSCALER),
     ],
     ids=["sd1", "sd1-inpaint", "sd2-v", "sd2-eps", "sd2-no-prediction-type", "sd2-inpaint", "x4"],
 )
@@ -81,11 +81,11 @@ def test_every_family_side_by_side(checkpoints):
         write_configs(checkpoints / name, **configs)
     entries = ModelRegistry(checkpoints.parent).refresh()
     assert [(e.title, e.family) for e in entries] == [
-        ("a-sd1", families.SD1),
-        ("b-sd2v", families.SD2_V),
-        ("c-sd2", families.SD2),
-        ("d-inpaint", families.SD1_INPAINT),
-        ("e-x4", families.X4_UPSCALER),
+        ("a-sd1", Family.SD1),
+        ("b-sd2v", Family.SD2_V),
+        ("c-sd2", Family.SD2),
+        ("d-inpaint", Family.SD1_INPAINT),
+        ("e-x4", Family.X4_UPSCALER),
     ]
 
 
@@ -123,8 +123,8 @@ def test_nested_folders_get_their_relative_path_as_title(checkpoints):
     write_configs(checkpoints / "SD1" / "photo", **SD1)
     entries = ModelRegistry(checkpoints.parent).refresh()
     assert [(e.title, e.name, e.family) for e in entries] == [
-        ("SD1/photo", "photo", families.SD1),
-        ("SD2/anime/waifu-v", "waifu-v", families.SD2_V),
+        ("SD1/photo", "photo", Family.SD1),
+        ("SD2/anime/waifu-v", "waifu-v", Family.SD2_V),
     ]
 
 
@@ -136,7 +136,7 @@ def test_find_by_title_and_by_name(checkpoints):
     by_title = registry.find("SD2/anime/waifu-v")
     assert by_title.path == checkpoints / "SD2" / "anime" / "waifu-v"
     assert registry.find("waifu-v") == by_title
-    assert registry.find("plain").family == families.SD1
+    assert registry.find("plain").family == Family.SD1
 
 
 def test_unknown_name_raises_model_not_found_listing_what_exists(checkpoints):
@@ -169,4 +169,4 @@ def test_unreadable_config_falls_back_instead_of_failing(checkpoints):
     folder = write_configs(checkpoints / "broken", **SD2_V)
     (folder / "text_encoder" / "config.json").write_text("{not json")
     (entry,) = ModelRegistry(checkpoints.parent).refresh()
-    assert entry.family == families.SD1  # unreadable text encoder config: the most common family
+    assert entry.family == Family.SD1  # unreadable text encoder config: the most common family

@@ -10,12 +10,19 @@ from app.generation.upscale import (
     NETWORK_TILE,
     X4_OVERLAP,
     X4_TILE,
+    UpscalerChoice,
     UpscaleRequest,
     network_pass_sizes,
+    resampler_choices,
 )
+from app.kinds import UpscalerKind
 from app.models.upscalers import network_dtype
 
-UPSCALERS = ["Lanczos", "Nearest", "4x-UltraSharp", "SD x4: x4.safetensors"]
+UPSCALERS = [
+    *resampler_choices(),
+    UpscalerChoice("4x-UltraSharp", UpscalerKind.NETWORK, "4x-UltraSharp", 4),
+    UpscalerChoice("SD x4: x4.safetensors", UpscalerKind.DIFFUSION, "x4.safetensors", 4),
+]
 
 
 @pytest.mark.parametrize(
@@ -55,7 +62,7 @@ def test_the_network_runs_in_the_plans_precision_only_where_its_architecture_all
 def test_each_kind_of_upscaler_gets_its_own_tile_size(upscaler, tile, overlap):
     request = UpscaleRequest(image=Image.new("RGB", (8, 8)), upscaler=upscaler).validated(UPSCALERS)
     assert (request.tile, request.overlap) == (tile, overlap)
-    assert request.is_network == (upscaler == "4x-UltraSharp") and request.is_diffusion != request.is_network
+    assert request.kind is (UpscalerKind.NETWORK if upscaler == "4x-UltraSharp" else UpscalerKind.DIFFUSION)
 
 
 @pytest.mark.parametrize("tile, overlap, message", [(16, 0, "Tile size"), (64, 40, "at most half"), (64, "x", "number")])

@@ -30,8 +30,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from app.models import families
-from app.models.convert import (
+from app.models.families import Family
+from tools.ldm_convert import (
     ConversionError,
     ldm_state_dict,
     open_clip_to_ldm,
@@ -39,7 +39,7 @@ from app.models.convert import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from app.models.tiny import tiny_pipeline
+from tools.tiny_models import tiny_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -47,14 +47,14 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 # name -> (pipeline class, factory, what diffusers' key-shape detection says about the tiny file)
 CASES = {
     # Falls through to the default: the tiny UNet has no input_blocks.11 / output_blocks.11 keys.
-    "sd1": (StableDiffusionPipeline, lambda: tiny_pipeline(families.SD1, 0), "v1"),
+    "sd1": (StableDiffusionPipeline, lambda: tiny_pipeline(Family.SD1, 0), "v1"),
     # Confused by the tiny size: SD2 is told by a cross-attention width of 1024 (the tiny one is 32)
     # on input_blocks.2.1, a key the 2-level tiny UNet doesn't have.
-    "sd2-v": (StableDiffusionPipeline, lambda: tiny_pipeline(families.SD2_V, 1), "v1"),
-    "sd1-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_pipeline(families.SD1_INPAINT, 2), "inpainting"),
+    "sd2-v": (StableDiffusionPipeline, lambda: tiny_pipeline(Family.SD2_V, 1), "v1"),
+    "sd1-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_pipeline(Family.SD1_INPAINT, 2), "inpainting"),
     # Not "inpainting_v2", for the same reason as sd2-v.
-    "sd2-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_pipeline(families.SD2_INPAINT, 4), "inpainting"),
-    "x4-upscaler": (StableDiffusionUpscalePipeline, lambda: tiny_pipeline(families.X4_UPSCALER, 3), "upscale"),
+    "sd2-inpaint": (StableDiffusionInpaintPipeline, lambda: tiny_pipeline(Family.SD2_INPAINT, 4), "inpainting"),
+    "x4-upscaler": (StableDiffusionUpscalePipeline, lambda: tiny_pipeline(Family.X4_UPSCALER, 3), "upscale"),
 }
 
 
@@ -289,7 +289,7 @@ def test_sd2_penultimate_text_encoder_writes_the_layers_it_has():
 
 
 def test_unknown_weights_are_refused_not_dropped():
-    pipe = tiny_pipeline(families.SD1, 0)
+    pipe = tiny_pipeline(Family.SD1, 0)
     unet = dict(pipe.unet.state_dict())
     unet["encoder_hid_proj.weight"] = torch.zeros(1)
     with pytest.raises(ConversionError, match="encoder_hid_proj"):

@@ -1,0 +1,71 @@
+"""A checkpoint in memory: its pipeline, the sibling pipelines that share its modules, the VAE in
+use, and how to let go of all of it at once."""
+
+from dataclasses import dataclass, field
+
+from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+from app.devices import DevicePlan, MemoryMode, apply_plan, free_memory
+from app.kinds import JobKind
+from app.models.registry import ModelEntry, VaeEntry
+
+_SIBLINGS = {JobKind.IMG2IMG: StableDiffusionImg2ImgPipeline, JobKind.INPAINT: StableDiffusionInpaintPipeline}
+_OFFLOAD_MODES = (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD)
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    base: DiffusionPipeline
+    scheduler_config: dict          # the checkpoint's own; each job builds its sampler from it
+    siblings: dict[JobKind, DiffusionPipeline] = field(default_factory=dict)
+    hooked: JobKind = JobKind.TXT2IMG  # which pipeline carries the offload hooks (offload modes)
+    vae_float32: bool = False       # half-precision decodes gave NaN once: decode in float32 from now on
+    vae: VaeEntry | None = None     # a VAE from models/VAE/ in place of the checkpoint's own
+    own_vae: object = None          # the checkpoint's own VAE while another one is in use
+
+    def pipelines(self) -> list[DiffusionPipeline]:
+        return [self.base, *self.siblings.values()]
+
+    def pipeline(self, kind: JobKind, plan: DevicePlan) -> DiffusionPipeline:
+        """The pipeline for `kind`: the base for text-to-image (and an inpainting checkpoint's own
+        inpainting), else a sibling sharing the base's modules, made on first use."""
+        if kind is JobKind.TXT2IMG or self.entry.family.is_inpainting:
+            kind = JobKind.TXT2IMG  # the base pipeline
+        elif kind not in self.siblings:
+            # Without dtype=, from_pipe casts the shared modules (the base's too) to float32.
+            self.siblings[kind] = _SIBLINGS[kind].from_pipe(self.base, dtype=self.base.unet.dtype)
+            self.siblings[kind].set_progress_bar_config(disable=True)
+        pipe = self.base if kind is JobKind.TXT2IMG else self.siblings[kind]
+        if plan.memory_mode in _OFFLOAD_MODES and self.hooked is not kind:
+            apply_plan(pipe, plan)  # offload hooks follow the pipeline that runs
+            self.hooked = kind
+        return pipe
+
+    def replace_vae(self, vae: VaeEntry | None, module, plan: DevicePlan) -> None:
+        """Use `module` (loaded from `vae`) in place of the VAE; None and None: the checkpoint's own again."""
+        if self.own_vae is None:
+            self.own_vae = self.base.vae
+        self.base.register_modules(vae=module if vae else self.own_vae)
+        self.siblings.clear()  # rebuilt from the base on next use, with the new VAE
+        self.vae, self.vae_float32, self.hooked = vae, False, JobKind.TXT2IMG
+        if vae is None:
+            self.own_vae = None
+        apply_plan(self.base, plan)
+
+    def follow(self, plan: DevicePlan) -> None:
+        """Move to another device plan (a step down after running out of memory)."""
+        apply_plan(self.base, plan)
+        self.hooked = JobKind.TXT2IMG
+
+
+def release(loaded: LoadedModel | None) -> None:
+    """Drop every reference a loaded model holds (hooks, siblings), then give the memory back."""
+    if loaded is None:
+        return
+    for pipe in loaded.pipelines():
+        pipe.remove_all_hooks()
+    loaded.siblings.clear()
+    loaded.own_vae = None
+    del loaded
+    free_memory()
