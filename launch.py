@@ -32,7 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default: auto)")
     parser.add_argument("--medvram", action="store_true", help="GPU with little memory: one model part at a time on it")
     parser.add_argument("--lowvram", action="store_true", help="GPU with very little memory: one layer at a time (slow)")
-    parser.add_argument("--no-half", action="store_true", help="float32 on the GPU too (if your card makes black images)")
+    parser.add_argument("--precision", choices=("auto", "full"),
+                        help="full: float32 everywhere, CPU included (default auto: float16 on GPUs, bfloat16 on "
+                             "CPUs that do it in hardware)")
+    parser.add_argument("--no-half", action="store_true", help="the same as --precision full (A1111's name)")
     parser.add_argument("--demo", action="store_true", help="add a tiny random model (draws noise) to try the app")
     parser.add_argument("--no-watermark", action="store_true", help="do not add the invisible watermark")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
@@ -66,7 +69,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
         "device": args.device,
         "medvram": True if args.medvram else None,
         "lowvram": True if args.lowvram else None,
-        "no_half": True if args.no_half else None,
+        "precision": "full" if args.no_half else args.precision,
         "demo": True if args.demo else None,
         "watermark": False if args.no_watermark else None,
         "auth": args.auth,

@@ -1,23 +1,15 @@
-"""Which device, precision and memory mode to run on: pure functions of hardware facts and the user's choice.
-
-`probe_hardware()` and `free_memory()` are the only parts that ask torch or the OS; `plan_device()`
-and `degraded()` decide from plain facts, so every branch is unit-tested on a machine without a GPU
-by passing the facts in. `apply_plan()` puts a diffusers pipeline into a plan, and can move one that
-is already placed (with offload hooks) down the ladder after it ran out of memory.
+"""Which device, precision and memory mode to run on: pure functions of the hardware facts
+(app.hardware) and the user's choice, so every branch is unit-tested on a machine without a GPU by
+passing the facts in. `degraded()` is the ladder a job steps down after running out of memory.
 """
 
-import ctypes
-import functools
-import gc
-import os
-import platform
-import sys
 from dataclasses import dataclass
 from enum import Enum
 
 import torch
 
 from app.errors import EaselError
+from app.hardware import HardwareFacts
 
 
 class DeviceUnavailable(EaselError):
@@ -32,27 +24,15 @@ class MemoryMode(str, Enum):
 
 
 @dataclass(frozen=True)
-class HardwareFacts:
-    cuda_available: bool = False
-    cuda_name: str = ""
-    cuda_total_bytes: int = 0
-    cuda_free_bytes: int = 0
-    mps_available: bool = False
-    cpu_name: str = ""
-    cpu_threads: int = 1
-    cpu_bf16: bool = False       # AVX-512 BF16 or AMX: only then is bfloat16 faster than float32 on the CPU
-    ram_total_bytes: int = 0
-    ram_available_bytes: int = 0
-
-
-@dataclass(frozen=True)
 class DeviceOptions:
     """What the user asked for (command-line flags / settings)."""
 
     device: str = "auto"         # auto | cpu | cuda | mps
     lowvram: bool = False        # force sequential offload
     medvram: bool = False        # force model CPU offload
-    no_half: bool = False        # float32 on the GPU too (for cards that give black/NaN images in fp16)
+    # float32 everywhere (--precision full / --no-half): for cards that give black images in float16,
+    # for comparing against references, or where bfloat16 misbehaves on a CPU.
+    full_precision: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,120 +64,6 @@ SEQUENTIAL_OFFLOAD_MIN_VRAM = 2 * GIB
 # 540 thread-seconds. More threads help less than linearly (memory bandwidth), so this is a best case.
 CPU_THREAD_SECONDS_PER_IMAGE = 540
 
-# Markers of running out of memory in error messages that come as plain RuntimeError: CUDA and MPS
-# ("... out of memory"), the CPU allocator, and cuBLAS failing to allocate its workspace.
-_OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "cublas_status_alloc_failed")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Probing: the only part that asks torch and the OS. Never raises: a fact it cannot read stays empty.
-
-
-def probe_hardware() -> HardwareFacts:
-    cuda = _cuda_available()
-    cpuinfo = _read_text("/proc/cpuinfo")
-    ram_total, ram_available = _ram_bytes()
-    return HardwareFacts(
-        cuda_available=cuda,
-        cuda_name=_cuda_name() if cuda else "",
-        cuda_total_bytes=_cuda_total_bytes() if cuda else 0,
-        cuda_free_bytes=_cuda_free_bytes() if cuda else 0,
-        mps_available=_mps_available(),
-        cpu_name=cpu_model_name(cpuinfo) or platform.processor() or platform.machine(),
-        cpu_threads=torch.get_num_threads(),
-        cpu_bf16=cpu_has_fast_bf16(cpuinfo),
-        ram_total_bytes=ram_total,
-        ram_available_bytes=ram_available,
-    )
-
-
-def _cuda_available() -> bool:
-    try:
-        return torch.cuda.is_available()
-    except Exception:  # a broken driver install can raise here; then there is no usable GPU
-        return False
-
-
-def _cuda_name() -> str:
-    try:
-        return torch.cuda.get_device_name(0)
-    except Exception:
-        return "the NVIDIA GPU"
-
-
-def _cuda_total_bytes() -> int:
-    try:
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    except Exception:
-        return 0
-
-
-def _cuda_free_bytes() -> int:
-    try:  # raises on the CPU build of torch and on some drivers
-        return int(torch.cuda.mem_get_info()[0])
-    except Exception:
-        return 0
-
-
-def _mps_available() -> bool:
-    try:
-        mps = getattr(torch.backends, "mps", None)
-        return bool(mps and mps.is_available())
-    except Exception:
-        return False
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            return file.read()
-    except OSError:
-        return ""
-
-
-def cpu_model_name(cpuinfo: str) -> str:
-    """The "model name" from /proc/cpuinfo text ("" if absent): platform.processor() is often just "x86_64"."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            return value.strip()
-    return ""
-
-
-def cpu_has_fast_bf16(cpuinfo: str) -> bool:
-    """Whether /proc/cpuinfo lists AVX-512 BF16 or AMX: without them bf16 runs ~7x slower than fp32."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return bool({"avx512_bf16", "amx_bf16"} & set(value.split()))
-    return False
-
-
-def meminfo_bytes(meminfo: str) -> tuple[int, int]:
-    """(MemTotal, MemAvailable) in bytes from /proc/meminfo text; 0 for what is missing."""
-    values = {}
-    for line in meminfo.splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if parts and parts[0].isdigit():
-            values[key.strip()] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return values.get("MemTotal", 0), values.get("MemAvailable", 0)
-
-
-def _ram_bytes() -> tuple[int, int]:
-    total, available = meminfo_bytes(_read_text("/proc/meminfo"))
-    if total:
-        return total, available
-    try:  # other Unixes; "available" is only the free pages there, an underestimate
-        page = os.sysconf("SC_PAGE_SIZE")
-        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # Windows, or names this OS does not know
-        return 0, 0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Planning: pure functions of the facts and the options.
-
 
 def _gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.1f} GiB"
@@ -212,14 +78,19 @@ def cpu_minutes_per_image(threads: int) -> int:
     return max(1, round(CPU_THREAD_SECONDS_PER_IMAGE / max(1, threads) / 60))
 
 
-def _cpu_dtype(facts: HardwareFacts) -> torch.dtype:
+def _cpu_precision(facts: HardwareFacts, full_precision: bool) -> tuple[torch.dtype, str]:
+    """The CPU's dtype, and the words saying why."""
+    if full_precision:
+        return torch.float32, "float32 (full precision, as asked)"
     # fp16/bf16 run on most CPUs but several times slower than fp32; bf16 pays off only with
     # AVX-512 BF16 or AMX, which do bf16 math in hardware.
-    return torch.bfloat16 if facts.cpu_bf16 else torch.float32
+    if facts.cpu_bf16:
+        return torch.bfloat16, "bfloat16 (this CPU does it in hardware; --precision full for float32)"
+    return torch.float32, "float32"
 
 
-def _cpu_plan(facts: HardwareFacts, why: str) -> DevicePlan:
-    dtype = _cpu_dtype(facts)
+def _cpu_plan(facts: HardwareFacts, why: str, full_precision: bool) -> DevicePlan:
+    dtype, precision = _cpu_precision(facts, full_precision)
     threads, minutes = facts.cpu_threads, cpu_minutes_per_image(facts.cpu_threads)
     # No attention slicing (it only slows the CPU down, RAM is plentiful) and no VAE tiling.
     return DevicePlan(
@@ -228,14 +99,14 @@ def _cpu_plan(facts: HardwareFacts, why: str) -> DevicePlan:
         MemoryMode.CPU,
         False,
         False,
-        f"{why} Running on the CPU ({threads} thread{'s' if threads != 1 else ''}) in {_dtype_name(dtype)}: "
+        f"{why} Running on the CPU ({threads} thread{'s' if threads != 1 else ''}) in {precision}: "
         f"expect roughly {minutes} minute{'s' if minutes != 1 else ''} per 512x512 image at 20 steps. "
         f"An NVIDIA GPU makes this about 100x faster.",
     )
 
 
 def _mps_plan(options: DeviceOptions) -> DevicePlan:
-    dtype = torch.float32 if options.no_half else torch.float16
+    dtype = torch.float32 if options.full_precision else torch.float16
     # Offload frees nothing on unified memory, so always FULL; diffusers' MPS guide recommends attention
     # slicing there, since the GPU shares its memory with the whole system.
     return DevicePlan(
@@ -297,9 +168,9 @@ def mode_for_vram(effective_bytes: int) -> MemoryMode:
 
 
 def _plan_cuda(facts: HardwareFacts, options: DeviceOptions) -> DevicePlan:
-    dtype = torch.float32 if options.no_half else torch.float16
+    dtype = torch.float32 if options.full_precision else torch.float16
     # float32 weights and activations take twice the memory of float16: choose as if the card had half.
-    effective = facts.cuda_total_bytes // 2 if options.no_half else facts.cuda_total_bytes
+    effective = facts.cuda_total_bytes // 2 if options.full_precision else facts.cuda_total_bytes
     why = ""
     if facts.cuda_total_bytes == 0:
         # The size could not be read: model offload runs on any card of 4 GiB or more at near full
@@ -313,16 +184,17 @@ def _plan_cuda(facts: HardwareFacts, options: DeviceOptions) -> DevicePlan:
                 facts,
                 f"{facts.cuda_name or 'The GPU'} has only {_gib(facts.cuda_total_bytes)} of memory, too little "
                 + (
-                    f"for Stable Diffusion in float32 (--no-half doubles the {_gib(SEQUENTIAL_OFFLOAD_MIN_VRAM)} "
-                    f"it needs in float16)."
-                    if options.no_half
+                    f"for Stable Diffusion in float32 (full precision doubles the "
+                    f"{_gib(SEQUENTIAL_OFFLOAD_MIN_VRAM)} it needs in float16)."
+                    if options.full_precision
                     else f"for Stable Diffusion (it needs {_gib(SEQUENTIAL_OFFLOAD_MIN_VRAM)})."
                 ),
+                options.full_precision,
             )
         # --device cuda was asked for explicitly: try the smallest GPU mode; out of memory steps to the CPU.
         mode = MemoryMode.SEQUENTIAL_OFFLOAD
         why = "The GPU has less memory than Stable Diffusion needs and may run out. "
-    notes = ["half precision off"] if options.no_half else []
+    notes = ["full precision"] if options.full_precision else []
     # --medvram / --lowvram only ever save more memory; they never lift a small card to a faster mode.
     forced = MemoryMode.SEQUENTIAL_OFFLOAD if options.lowvram else MemoryMode.MODEL_OFFLOAD if options.medvram else None
     if forced is not None and _LADDER.index(forced) > _LADDER.index(mode):
@@ -349,14 +221,14 @@ def plan_device(facts: HardwareFacts, options: DeviceOptions | str = DeviceOptio
     if requested == "mps" and not facts.mps_available:
         raise DeviceUnavailable("You asked for --device mps, but this machine has no Apple GPU. Use --device auto.")
     if requested == "cpu":
-        return _cpu_plan(facts, "CPU chosen with --device cpu.")
+        return _cpu_plan(facts, "CPU chosen with --device cpu.", options.full_precision)
     if requested == "mps":
         return _mps_plan(options)
     if facts.cuda_available:
         return _plan_cuda(facts, options)
     if facts.mps_available:
         return _mps_plan(options)
-    return _cpu_plan(facts, "No GPU found.")
+    return _cpu_plan(facts, "No GPU found.", options.full_precision)
 
 
 def degraded(plan: DevicePlan, facts: HardwareFacts) -> DevicePlan | None:
@@ -364,86 +236,10 @@ def degraded(plan: DevicePlan, facts: HardwareFacts) -> DevicePlan | None:
     memory; None when already on the CPU (nothing lower to go to)."""
     if plan.device == "cpu":
         return None
+    full_precision = plan.dtype == torch.float32  # a GPU runs in float32 only when asked to
     if plan.device == "mps":  # unified memory: offloading frees nothing, the CPU is the next rung
-        return _cpu_plan(facts, "Ran out of memory on the Apple GPU.")
+        return _cpu_plan(facts, "Ran out of memory on the Apple GPU.", full_precision)
     if plan.memory_mode is MemoryMode.SEQUENTIAL_OFFLOAD:
-        return _cpu_plan(facts, "Ran out of GPU memory even with sequential offload.")
+        return _cpu_plan(facts, "Ran out of GPU memory even with sequential offload.", full_precision)
     lower = _LADDER[_LADDER.index(plan.memory_mode) + 1]
     return _cuda_plan(facts, plan.dtype, lower, f"Ran out of GPU memory in {plan.memory_mode.value} mode. ", ",")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Applying a plan to a pipeline, freeing memory, recognising out-of-memory errors.
-
-
-def apply_plan(pipe, plan: DevicePlan) -> None:
-    """Put a diffusers pipeline on the plan's device, precision and memory mode.
-
-    Works on a pipeline that is already placed: offload hooks come off first, so the same pipeline
-    can move down the ladder after running out of memory.
-    """
-    if hasattr(pipe, "remove_all_hooks"):
-        pipe.remove_all_hooks()  # .to() refuses (or misplaces) modules that still carry offload hooks
-    if plan.memory_mode is MemoryMode.MODEL_OFFLOAD:
-        pipe.to(dtype=plan.dtype)
-        pipe.enable_model_cpu_offload(device=plan.device)
-    elif plan.memory_mode is MemoryMode.SEQUENTIAL_OFFLOAD:
-        pipe.to(dtype=plan.dtype)
-        pipe.enable_sequential_cpu_offload(device=plan.device)
-    else:  # FULL, or CPU (whose plan.device is "cpu")
-        pipe.to(plan.device, plan.dtype)
-    if plan.attention_slicing and hasattr(pipe, "enable_attention_slicing"):
-        pipe.enable_attention_slicing()
-    elif not plan.attention_slicing and hasattr(pipe, "disable_attention_slicing"):
-        pipe.disable_attention_slicing()
-    vae = getattr(pipe, "vae", None)
-    if plan.vae_tiling and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-    elif not plan.vae_tiling and hasattr(vae, "disable_tiling"):
-        vae.disable_tiling()
-
-
-@functools.cache
-def _libc():
-    """glibc, for malloc_trim; None elsewhere (macOS, Windows, musl has no malloc_trim)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def free_memory() -> None:
-    """Give freed memory back: Python garbage, the GPU cache, and the C heap. Never raises.
-
-    Call after dropping every reference to a model (and to a caught out-of-memory error, whose
-    traceback holds tensors).
-    """
-    try:
-        gc.collect()
-        if _cuda_available():
-            torch.cuda.empty_cache()
-        if _mps_available():
-            torch.mps.empty_cache()
-        libc = _libc()
-        if libc is not None:
-            # glibc keeps freed heap pages mapped; without this the resident size stays at its peak
-            # after a model swap even though Python and torch have released everything.
-            libc.malloc_trim(0)
-    except Exception:
-        pass  # freeing is best effort; failing to free must not turn into a user-facing error
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether an error means the device (or the CPU allocator) ran out of memory."""
-    if isinstance(error, MemoryError):  # Python's own; often without a message
-        return True
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
-    if isinstance(error, oom_types):
-        return True
-    if isinstance(error, RuntimeError):  # MPS, the CPU allocator and older CUDA paths raise plain RuntimeError
-        message = str(error).lower()
-        return any(marker in message for marker in _OUT_OF_MEMORY_MARKERS)
-    return False

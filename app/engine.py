@@ -18,7 +18,7 @@ from typing import Callable
 
 from PIL import Image
 
-from app.devices import DeviceOptions, HardwareFacts, plan_device, probe_hardware
+from app.devices import DeviceOptions, plan_device
 from app.errors import ModelNotFound
 from app.generation import samplers
 from app.generation.infotext import PngInfo, png_info
@@ -28,13 +28,15 @@ from app.generation.results import GeneratedImage, GenerationResult
 from app.generation.runner import GenerationRunner
 from app.generation.upscale import SD_X4_PREFIX, UpscalerChoice, UpscaleRequest, output_size, resampler_choices
 from app.generation.upscaling import UpscaleRunner
+from app.hardware import HardwareFacts, probe_hardware
 from app.images.store import OutputStore
 from app.job_queue import JobQueue
 from app.jobs import Job
 from app.kinds import JobKind, UpscalerKind
+from app.models.catalog import CatalogEntry, load_catalog
 from app.models.demo import DEMO_MODEL_NAME, save_demo_model
 from app.models.detect import Prediction
-from app.models.download import CatalogEntry, DownloadProgress, download_model, load_catalog
+from app.models.download import DownloadProgress, download_model
 from app.models.manager import ModelManager
 from app.models.registry import ModelEntry, ModelFolders, ModelRegistry, VaeEntry
 from app.models.upscalers import UpscalerEntry
@@ -250,7 +252,10 @@ def model_manager(settings: Settings, facts: HardwareFacts | None = None) -> Mod
     with --demo), scanned."""
     facts = facts or probe_hardware()
     options = DeviceOptions(
-        device=settings.device, lowvram=settings.lowvram, medvram=settings.medvram, no_half=settings.no_half
+        device=settings.device,
+        lowvram=settings.lowvram,
+        medvram=settings.medvram,
+        full_precision=settings.precision == "full",
     )
     extra_roots: tuple[Path, ...] = ()
     if settings.demo:

@@ -20,7 +20,7 @@ class Settings:
     device: str = "auto"
     lowvram: bool = False
     medvram: bool = False
-    no_half: bool = False
+    precision: str = "auto"         # auto | full (float32 everywhere)
     host: str = "127.0.0.1"
     port: int = 7860
     open_browser: bool = True
@@ -43,6 +43,9 @@ class Settings:
         return self.cache_dir / "demo-models"
 
 
+PRECISIONS = ("auto", "full")
+
+
 def load_settings(overrides: dict | None = None, defaults_file: Path = DEFAULTS_FILE, base_dir: Path = APP_DIR) -> Settings:
     """defaults.yaml merged with `overrides` (None values ignored); relative paths resolved against base_dir."""
     try:
@@ -54,6 +57,8 @@ def load_settings(overrides: dict | None = None, defaults_file: Path = DEFAULTS_
     except Exception as error:  # omegaconf raises many types; all mean "this value does not fit"
         raise EaselError(f"A setting is invalid: {error}. Fix {defaults_file} or the command-line flag.") from error
     settings = OmegaConf.to_object(merged)
+    if settings.precision not in PRECISIONS:
+        raise EaselError(f"precision must be auto or full, not '{settings.precision}'. Fix {defaults_file} or the flag.")
     for field in fields(Settings):
         value = getattr(settings, field.name)
         if isinstance(value, Path) and not value.is_absolute():

@@ -34,9 +34,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from app.auth import Access, Credentials, LoginLimiter, hash_password
-    from app.devices import HardwareFacts
     from app.engine import create_engine
     from app.generation.requests import GenerationRequest
+    from app.hardware import HardwareFacts
     from app.settings import load_settings
     from server.compose import serve
     from ui.app import build_ui

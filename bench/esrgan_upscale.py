@@ -59,9 +59,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from app.devices import HardwareFacts
     from app.engine import Engine, model_manager
     from app.generation.upscale import NETWORK_OVERLAP, NETWORK_TILE, UpscaleRequest
+    from app.hardware import HardwareFacts
     from app.images.store import OutputStore
     from app.images.tiles import tile_grid
     from app.settings import load_settings

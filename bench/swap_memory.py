@@ -105,7 +105,7 @@ def mem_available() -> int:
 
 
 def settled() -> dict[str, int]:
-    from app.devices import free_memory
+    from app.memory import free_memory
 
     gc.collect()
     free_memory()
@@ -209,14 +209,14 @@ def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
     import torch
     from PIL import Image
 
-    from app.devices import probe_hardware
     from app.engine import Engine, model_manager
     from app.generation.requests import GenerationRequest
+    from app.hardware import probe_hardware
     from app.images.store import OutputStore
     from app.kinds import JobKind
     from app.models import manager as manager_module
+    from app.models.file_facts import file_sha256
     from app.models.manager import _SWAP_HEADROOM, model_bytes
-    from app.models.registry import file_sha256
     from app.settings import load_settings
 
     if args.threads:

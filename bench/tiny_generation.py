@@ -18,9 +18,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from app.devices import HardwareFacts
     from app.engine import create_engine
     from app.generation.requests import GenerationRequest
+    from app.hardware import HardwareFacts
     from app.settings import load_settings
 
     work = Path(tempfile.mkdtemp(prefix="easel-tiny-bench-"))

@@ -205,10 +205,10 @@ def picture(size: int):
 def measure(args, checkpoints: Path) -> dict:
     import torch
 
-    from app.devices import probe_hardware
     from app.engine import Engine, model_manager
     from app.errors import EaselError
     from app.generation.upscale import LANCZOS, SD_X4_PREFIX, X4_OVERLAP, X4_TILE, UpscaleRequest, lanczos
+    from app.hardware import probe_hardware
     from app.images.store import OutputStore
     from app.images.tiles import tile_grid
     from app.models.families import Family

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from app.devices import HardwareFacts
 from app.engine import Engine, model_manager
+from app.hardware import HardwareFacts
 from app.images.store import OutputStore
 from app.models.families import Family
 from app.models.manager import ModelManager

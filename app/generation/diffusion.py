@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from app.generation.diffusers_internals import execution_device, stop_after_this_step
 from app.generation.prompts import PromptEmbeddings
 from app.generation.requests import GenerationRequest
 
@@ -50,10 +51,10 @@ def run_batch(
 def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas) -> torch.Tensor:
     def step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
         if on_step(step + 1, pipeline.num_timesteps, tensors["latents"]):
-            pipeline._interrupt = True  # diffusers skips the remaining steps
+            stop_after_this_step(pipeline)
         return tensors
 
-    device = pipe._execution_device
+    device = execution_device(pipe)
     arguments = dict(
         prompt_embeds=embeddings.positive.to(device),
         negative_prompt_embeds=embeddings.negative.to(device),
@@ -103,7 +104,7 @@ def _pictures(pipe, pixels: torch.Tensor) -> list[Image.Image]:
 def run_x4(pipe, image: Image.Image, request, embeddings: PromptEmbeddings, on_step) -> Image.Image:
     """One picture (a tile) through the SD x4 upscaler: 4x its size. The upscaler pipeline still
     takes diffusers' older `callback` argument; `on_step(step, timestep, latents)` may raise to stop."""
-    device = pipe._execution_device
+    device = execution_device(pipe)
     with torch.no_grad():
         return pipe(
             prompt_embeds=embeddings.positive.to(device),

@@ -6,7 +6,7 @@ everything loaded one rung down the ladder (GPU → offload → CPU) and raises 
 
 from typing import Callable, TypeVar
 
-from app.devices import is_out_of_memory
+from app.memory import is_out_of_memory
 
 T = TypeVar("T")
 

@@ -1,4 +1,5 @@
-"""A1111-style prompts turned into CLIP text embeddings for diffusers' `prompt_embeds`.
+"""A1111-style prompts turned into CLIP text embeddings for diffusers' `prompt_embeds` (the syntax
+itself is read by app.generation.prompt_syntax).
 
 We encode prompts ourselves instead of letting diffusers do it: diffusers knows no `(word:1.3)`
 weighting, truncates at 77 tokens, and its `clip_skip` is broken with transformers 5 (and applied
@@ -10,133 +11,18 @@ gives the same conditioning here.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 
-BREAK_WEIGHT = -1.0
-"""Weight of the `("BREAK", -1)` marker that `parse_prompt_attention` emits for `BREAK`."""
+from app.generation.diffusers_internals import module_execution_device
+from app.generation.prompt_syntax import is_break, parse_prompt_attention
 
 CHUNK_LENGTH = 75
 """Prompt tokens per chunk; with the start and end tokens a chunk fills CLIP's 77 positions."""
 
 COMMA_BACKTRACK = 20
 """A1111's default `comma_padding_backtrack`: how far back a comma may pull a chunk's end."""
-
-_ROUND_MULTIPLIER = 1.1
-_SQUARE_MULTIPLIER = 1 / 1.1
-
-# A1111's tokenizer of the attention syntax, alternative for alternative, so edge cases
-# (stray ':' or '\', a weight without an opening bracket) split the same way.
-_ATTENTION_TOKEN = re.compile(
-    r"""
-\\\(|
-\\\)|
-\\\[|
-\\]|
-\\\\|
-\\|
-\(|
-\[|
-:([+-]?[.\d]+)\)|
-\)|
-]|
-[^\\()\[\]:]+|
-:
-""",
-    re.X,
-)
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) runs, as A1111's parser does.
-
-    >>> parse_prompt_attention('a (very beautiful:1.3) [[cat]]')
-    [('a ', 1.0), ('very beautiful', 1.3), (' ', 1.0), ('cat', 0.8264462809917354)]
-    """
-    segments: list[list] = []
-    round_starts: list[int] = []
-    square_starts: list[int] = []
-
-    for match in _ATTENTION_TOKEN.finditer(text or ""):
-        token, weight_text = match.group(0), match.group(1)
-        weight = _explicit_weight(weight_text)
-        if token.startswith("\\"):
-            segments.append([token[1:], 1.0])
-        elif token == "(":
-            round_starts.append(len(segments))
-        elif token == "[":
-            square_starts.append(len(segments))
-        elif weight is not None and round_starts:
-            _multiply_from(segments, round_starts.pop(), weight)
-        elif weight_text is not None and round_starts:
-            # A1111 crashes on a weight like ':1.2.3)'; read it as the text ':1.2.3' and a ')'.
-            segments.append([token[:-1], 1.0])
-            _multiply_from(segments, round_starts.pop(), _ROUND_MULTIPLIER)
-        elif token == ")" and round_starts:
-            _multiply_from(segments, round_starts.pop(), _ROUND_MULTIPLIER)
-        elif token == "]" and square_starts:
-            _multiply_from(segments, square_starts.pop(), _SQUARE_MULTIPLIER)
-        else:
-            segments.extend(_text_with_breaks(token))
-
-    # Unclosed brackets still count, as in A1111: '(unbalanced' is weighted 1.1.
-    for start in round_starts:
-        _multiply_from(segments, start, _ROUND_MULTIPLIER)
-    for start in square_starts:
-        _multiply_from(segments, start, _SQUARE_MULTIPLIER)
-
-    return _merged_runs(segments) or [("", 1.0)]
-
-
-def _explicit_weight(weight_text: str | None) -> float | None:
-    """The number in `(word:1.3)`, or None when absent or not a finite number."""
-    if weight_text is None:
-        return None
-    try:
-        weight = float(weight_text)
-    except ValueError:
-        return None
-    return weight if math.isfinite(weight) else None
-
-
-def _text_with_breaks(text: str) -> list[list]:
-    """Plain text as segments, with a BREAK marker wherever the word BREAK stands alone."""
-    segments: list[list] = []
-    for index, part in enumerate(_BREAK.split(text)):
-        if index > 0:
-            segments.append(["BREAK", BREAK_WEIGHT])
-        segments.append([part, 1.0])
-    return segments
-
-
-def _multiply_from(segments: list[list], start: int, multiplier: float) -> None:
-    # A1111 multiplies BREAK markers too, which turns '(a BREAK b)' into the word "BREAK"
-    # weighted -1.1 instead of a chunk break; markers keep their sentinel weight here.
-    for segment in segments[start:]:
-        if not _is_break(segment):
-            segment[1] *= multiplier
-
-
-def _merged_runs(segments: list[list]) -> list[tuple[str, float]]:
-    """Neighbouring segments of equal weight joined into one run (markers never join)."""
-    runs: list[list] = []
-    for segment in segments:
-        if runs and runs[-1][1] == segment[1] and not _is_break(segment) and not _is_break(runs[-1]):
-            runs[-1][0] += segment[0]
-        else:
-            runs.append(list(segment))
-    return [(text, weight) for text, weight in runs]
-
-
-def _is_break(segment) -> bool:
-    return segment[0] == "BREAK" and segment[1] == BREAK_WEIGHT
-
 
 # --------------------------------------------------------------------------- chunking
 
@@ -212,7 +98,7 @@ def _weighted_token_runs(tokenizer, prompt: str) -> list[tuple[list[int] | None,
     # verbose=False: prompts longer than 77 tokens are expected here, not worth a warning.
     ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False).input_ids
     return [
-        (None, weight) if _is_break((text, weight)) else (list(tokens), weight)
+        (None, weight) if is_break((text, weight)) else (list(tokens), weight)
         for tokens, (text, weight) in zip(ids, runs)
     ]
 
@@ -281,7 +167,7 @@ def _padded_to_chunks(
 
 def _chunk_embedding(tokenizer, text_encoder, chunk: PromptChunk, clip_skip: int) -> torch.Tensor:
     ids, weights = chunk_ids_and_weights(tokenizer, chunk)
-    device = _module_device(text_encoder)
+    device = module_execution_device(text_encoder)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     with torch.no_grad():
         hidden = _hidden_states(text_encoder, input_ids, clip_skip)
@@ -332,17 +218,3 @@ def emphasized(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if new_mean != 0 and torch.isfinite(original_mean / new_mean):
         weighted = weighted * (original_mean / new_mean)
     return weighted.to(z.dtype)
-
-
-def _module_device(module) -> torch.device:
-    # Under sequential offload the weights sit on "meta"/CPU and accelerate's hooks move them
-    # layer by layer to their execution device: the input ids must go there.
-    for submodule in module.modules():
-        hook_device = getattr(getattr(submodule, "_hf_hook", None), "execution_device", None)
-        if hook_device is not None:
-            return torch.device(hook_device)
-    device = getattr(module, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    first = next(module.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")

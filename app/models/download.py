@@ -1,4 +1,5 @@
-"""Downloads the checkpoints the user picks from configs/catalog.yaml: resumable, checked against known hashes.
+"""Downloads the checkpoints the user picks from the catalog (app.models.catalog): resumable, checked
+against known hashes.
 
 Plain httpx, not huggingface_hub: Easel sets HF_HUB_OFFLINE=1 so the ML libraries never go online
 on their own, and a download the user asked for must work whatever that switch says.
@@ -21,48 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from omegaconf import OmegaConf
 
-from app.errors import EaselError
-from app.models.families import Family
-from app.settings import APP_DIR
+from app.models.catalog import CatalogEntry, offline_instructions
+from app.models.download_errors import (
+    CANCELLED_MESSAGE,
+    DownloadCancelled,
+    DownloadError,
+    disk_full_error,
+    host_of,
+    http_error,
+    interrupted_error,
+    kept_text,
+)
 
 log = logging.getLogger(__name__)
 
-CATALOG_FILE = APP_DIR / "configs" / "catalog.yaml"
 PART_SUFFIX = ".part"
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 reports a second: each one may redraw a progress bar
 HASH_CHUNK_BYTES = 4 << 20
-CANCELLED_MESSAGE = "Download cancelled; it resumes where it stopped next time."
-
-
-class DownloadError(EaselError):
-    """A model download failed or was cancelled. `message` says what to do next."""
-
-
-class DownloadCancelled(DownloadError):
-    """The user stopped the download: a UI may show this as a state rather than an error."""
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    id: str
-    title: str                # shown to users
-    family: Family
-    repository: str           # Hugging Face "owner/name"
-    filename: str             # the file in the repository, and its name in the models folder
-    size: int | None          # bytes; None where it could not be verified
-    sha256: str | None        # lowercase hex; None where it could not be verified
-    licence: str
-    description: str
-
-    @property
-    def url(self) -> str:
-        return f"https://huggingface.co/{self.repository}/resolve/main/{self.filename}"
-
-    @property
-    def page_url(self) -> str:
-        return f"https://huggingface.co/{self.repository}"
 
 
 @dataclass(frozen=True)
@@ -77,130 +54,6 @@ class DownloadProgress:
         if not self.total_bytes:
             return None
         return min(1.0, self.done_bytes / self.total_bytes)
-
-
-# --- the catalog ---------------------------------------------------------------------------
-
-_CATALOG_KEYS = ("id", "title", "family", "repository", "file", "size", "sha256", "licence", "description")
-
-
-def _catalog_entry(raw: dict, path: Path) -> CatalogEntry:
-    def invalid(problem: str) -> EaselError:
-        return EaselError(f"The model catalog {path} is invalid: {problem}. Fix the file or restore the original.")
-
-    missing = [key for key in _CATALOG_KEYS if key not in raw]
-    if missing:
-        raise invalid(f"{raw.get('id', 'an entry')} lacks {', '.join(missing)}")
-    if raw["family"] not in {family.value for family in Family}:
-        raise invalid(f"{raw['id']} has the unknown family '{raw['family']}'")
-    filename = str(raw["file"])
-    # The name becomes a path in the models folder: it must not climb out of it.
-    if Path(filename).name != filename or filename in ("", ".", ".."):
-        raise invalid(f"{raw['id']} has the file name '{filename}', which is not a plain file name")
-    size = raw["size"]
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise invalid(f"{raw['id']} has the size '{size}'; write a number of bytes or null")
-    sha256 = raw["sha256"]
-    if sha256 is not None:
-        sha256 = str(sha256).lower()
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise invalid(f"{raw['id']} has the sha256 '{raw['sha256']}'; write 64 hex digits or null")
-    return CatalogEntry(
-        id=str(raw["id"]),
-        title=str(raw["title"]),
-        family=Family(raw["family"]),
-        repository=str(raw["repository"]),
-        filename=filename,
-        size=size,
-        sha256=sha256,
-        licence=str(raw["licence"]),
-        description=str(raw["description"]),
-    )
-
-
-def load_catalog(path: Path = CATALOG_FILE) -> list[CatalogEntry]:
-    """The downloads Easel offers, in the catalog's order."""
-    path = Path(path)
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as error:  # omegaconf/yaml raise many types; all mean "this file cannot be read"
-        raise EaselError(f"The model catalog {path} could not be read ({error}). Restore the original file.") from error
-    raw_entries = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(raw_entries, list) or not all(isinstance(raw, dict) for raw in raw_entries):
-        raise EaselError(f"The model catalog {path} has no 'models' list. Restore the original file.")
-    entries = [_catalog_entry(raw, path) for raw in raw_entries]
-    ids = [entry.id for entry in entries]
-    if len(set(ids)) != len(ids):
-        raise EaselError(f"The model catalog {path} lists an id twice. Fix the file or restore the original.")
-    return entries
-
-
-# --- messages ------------------------------------------------------------------------------
-
-def offline_instructions(entry: CatalogEntry, dest_dir: Path) -> str:
-    """How to install the file without Easel's help: a browser, then the right folder."""
-    return (
-        f"To install {entry.title} by hand, open {entry.url} in a web browser (on any computer with "
-        f"internet access), save the file {entry.filename} into the folder {dest_dir}, then press refresh."
-    )
-
-
-def _size_text(size: int | None) -> str:
-    if size is None:
-        return "an unknown amount"
-    if size >= 1e9:
-        return f"{size / 1e9:.2f} GB"
-    return f"{size / 1e6:.1f} MB"
-
-
-def _host(url: str) -> str:
-    try:
-        return httpx.URL(url).host or url
-    except httpx.InvalidURL:
-        return url
-
-
-def _interrupted_error(entry: CatalogEntry, dest_dir: Path, transfer: "_Transfer", reason: str) -> DownloadError:
-    return DownloadError(
-        f"The download of {entry.filename} was interrupted after {_size_text(transfer.done)} of "
-        f"{_size_text(transfer.total)} ({reason}). Download it again: it resumes where it stopped. "
-        + offline_instructions(entry, dest_dir)
-    )
-
-
-def _kept_text(done: int) -> str:
-    if not done:
-        return ""
-    return f" The {_size_text(done)} already downloaded are kept: the next try resumes from there."
-
-
-def _disk_full_error(entry: CatalogEntry, dest_dir: Path, needed: int | None) -> DownloadError:
-    return DownloadError(
-        f"There is not enough free space in {dest_dir}: {entry.filename} needs {_size_text(needed)} more. "
-        f"Free some space on that disk and download it again; it resumes where it stopped."
-    )
-
-
-def _http_error(code: int, entry: CatalogEntry, dest_dir: Path, host: str) -> DownloadError:
-    if code in (401, 403):
-        # Hugging Face answers 401/403 for gated repositories. Easel never sends a login token,
-        # so the user has to accept the licence and download the file in a browser.
-        return DownloadError(
-            f"{host} refused to send {entry.filename} (HTTP {code}): the repository {entry.repository} "
-            f"asks you to accept its licence on huggingface.co while logged in. Open {entry.page_url}, "
-            f"log in and accept the licence there. " + offline_instructions(entry, dest_dir)
-        )
-    if code == 404:
-        return DownloadError(
-            f"{host} has no file {entry.filename} in {entry.repository} (HTTP 404): it was moved, renamed "
-            f"or removed, or the repository is now private. Check {entry.page_url} for the file."
-        )
-    if code == 429 or code >= 500:
-        return DownloadError(
-            f"{host} could not send {entry.filename} just now (HTTP {code}). Try again in a few minutes. "
-            + offline_instructions(entry, dest_dir)
-        )
-    return DownloadError(f"{host} refused the download (HTTP {code}). " + offline_instructions(entry, dest_dir))
 
 
 # --- hashing -------------------------------------------------------------------------------
@@ -311,7 +164,7 @@ def _check_free_space(entry: CatalogEntry, dest_dir: Path, transfer: _Transfer) 
         return
     needed = transfer.total - transfer.done
     if shutil.disk_usage(dest_dir).free < needed:
-        raise _disk_full_error(entry, dest_dir, needed)
+        raise disk_full_error(entry, dest_dir, needed)
 
 
 def _write_body(response: httpx.Response, transfer: _Transfer, entry: CatalogEntry, dest_dir: Path, cancel) -> None:
@@ -327,7 +180,7 @@ def _write_body(response: httpx.Response, transfer: _Transfer, entry: CatalogEnt
     except OSError as error:
         if error.errno == errno.ENOSPC:
             needed = None if transfer.total is None else transfer.total - transfer.done
-            raise _disk_full_error(entry, dest_dir, needed) from error
+            raise disk_full_error(entry, dest_dir, needed) from error
         raise DownloadError(
             f"Could not write {transfer.part.name} in {dest_dir} ({error.strerror or error}). "
             f"Check that the folder exists and that you may write to it."
@@ -340,13 +193,13 @@ def _stream(source: str, transfer: _Transfer, entry: CatalogEntry, dest_dir: Pat
     headers = {"Accept-Encoding": "identity"}
     if transfer.done:
         headers["Range"] = f"bytes={transfer.done}-"
-    host = _host(source)
+    host = host_of(source)
     with httpx.Client(follow_redirects=True, timeout=timeout) as client:
         with client.stream("GET", source, headers=headers) as response:
             if response.status_code == 416 and transfer.done:
                 return  # nothing after what the .part holds: it is complete (verification decides)
             if response.status_code not in (200, 206):
-                raise _http_error(response.status_code, entry, dest_dir, host)
+                raise http_error(response.status_code, entry, dest_dir, host)
             if response.status_code == 200 and transfer.done:
                 log.info("%s ignored the range request; downloading %s from the start", host, entry.filename)
                 transfer.restart()
@@ -365,22 +218,22 @@ def _stream(source: str, transfer: _Transfer, entry: CatalogEntry, dest_dir: Pat
             _write_body(response, transfer, entry, dest_dir, cancel)
     if transfer.total is not None and transfer.done < transfer.total:
         # The body ended early without a protocol error (an answer without Content-Length).
-        raise _interrupted_error(entry, dest_dir, transfer, "the connection closed before the end of the file")
+        raise interrupted_error(entry, dest_dir, transfer.done, transfer.total, "the connection closed before the end of the file")
 
 
 def _fetch(source: str, transfer: _Transfer, entry: CatalogEntry, dest_dir: Path, cancel, timeout: float) -> None:
     """`_stream`, with network failures turned into messages. The `.part` is kept for a resume."""
-    host = _host(source)
+    host = host_of(source)
     try:
         _stream(source, transfer, entry, dest_dir, cancel, timeout)
     except (httpx.ConnectError, httpx.TimeoutException) as error:
         log.info("could not reach %s: %r", host, error)
         raise DownloadError(
-            f"Could not reach {host}. " + offline_instructions(entry, dest_dir) + _kept_text(transfer.done)
+            f"Could not reach {host}. " + offline_instructions(entry, dest_dir) + kept_text(transfer.done)
         ) from error
     except httpx.TransportError as error:
         log.info("download of %s interrupted: %r", entry.filename, error)
-        raise _interrupted_error(entry, dest_dir, transfer, str(error) or type(error).__name__) from error
+        raise interrupted_error(entry, dest_dir, transfer.done, transfer.total, str(error) or type(error).__name__) from error
 
 
 def _verify(transfer: _Transfer, entry: CatalogEntry) -> None:

@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
-from app.devices import DevicePlan, MemoryMode, apply_plan, free_memory
+from app.devices import DevicePlan, MemoryMode
 from app.kinds import JobKind
+from app.memory import free_memory
+from app.models.placement import apply_plan
 from app.models.registry import ModelEntry, VaeEntry
 
 _SIBLINGS = {JobKind.IMG2IMG: StableDiffusionImg2ImgPipeline, JobKind.INPAINT: StableDiffusionInpaintPipeline}

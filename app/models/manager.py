@@ -14,12 +14,14 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from app.devices import DevicePlan, HardwareFacts, apply_plan, degraded, probe_hardware
+from app.devices import DevicePlan, degraded
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
+from app.hardware import HardwareFacts, probe_hardware
 from app.kinds import JobKind
 from app.models.families import Family
 from app.models.loaded import LoadedModel, release
 from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
+from app.models.placement import apply_plan
 from app.models.registry import Layout, ModelEntry, ModelRegistry, VaeEntry
 from app.models.upscaler_slots import UpscalerSlots
 

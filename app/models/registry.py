@@ -7,7 +7,6 @@ what was added or removed. A file that cannot be used still gets an entry, with 
 user sees why instead of wondering where it went.
 """
 
-import hashlib
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -23,12 +22,12 @@ from app.models.detect import (
     sidecar_prediction,
 )
 from app.models.families import Family
+from app.models.file_facts import FileFacts, file_sha256
 from app.models.safe_weights import UnreadableWeights, tensor_shapes
 from app.models.upscalers import UPSCALER_SUBFOLDERS, UPSCALER_SUFFIXES, UpscalerEntry, described
 
 CHECKPOINT_SUBFOLDER = "Stable-diffusion"  # A1111's names; users already know them
 VAE_SUBFOLDER = "VAE"
-HASH_CHUNK = 16 * 2**20
 
 
 class Layout(str, Enum):
@@ -92,48 +91,6 @@ def diffusers_family(folder: Path) -> Family:
         return Family.SD2_INPAINT
     v_prediction = read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type") == "v_prediction"
     return Family.SD2_V if v_prediction else Family.SD2
-
-
-class FileFacts:
-    """What was learnt about each checkpoint file (sha256, family), cached on disk by path,
-    size and modification time, so a start does not re-read gigabytes."""
-
-    def __init__(self, cache_file: Path | None):
-        self._file = cache_file
-        self._facts: dict[str, dict] = read_json(cache_file) if cache_file else {}
-
-    def get(self, path: Path, key: str):
-        record = self._facts.get(str(path))
-        return record.get(key) if record and record.get("stamp") == _stamp(path) else None
-
-    def put(self, path: Path, key: str, value) -> None:
-        stamp = _stamp(path)
-        record = self._facts.get(str(path))
-        if not record or record.get("stamp") != stamp:
-            record = self._facts[str(path)] = {"stamp": stamp}
-        record[key] = value
-        self._save()
-
-    def _save(self) -> None:
-        if self._file is None:
-            return
-        try:
-            write_json(self._file, self._facts)
-        except OSError:
-            pass  # a cache: losing it costs time, not correctness
-
-
-def _stamp(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelRegistry:

@@ -5,8 +5,9 @@ What may stay loaded beside what is the model manager's decision (it knows the m
 only holds them, loads a network, and lets go.
 """
 
-from app.devices import DevicePlan, free_memory
+from app.devices import DevicePlan
 from app.errors import ModelLoadError
+from app.memory import free_memory
 from app.models.loaded import LoadedModel, release
 from app.models.registry import ModelEntry
 from app.models.safe_weights import UnreadableWeights

@@ -15,17 +15,19 @@ from PIL import Image
 
 import app.generation.runner as runner_module
 import app.models.manager as manager_module
-from app.devices import DevicePlan, HardwareFacts, MemoryMode, apply_plan
+from app.devices import DevicePlan, MemoryMode
 from app.devices import degraded as real_degraded
 from app.engine import Engine
 from app.errors import EaselError
 from app.generation.diffusion import decoded
 from app.generation.prompts import encode_prompt_pair
 from app.generation.requests import GenerationRequest
+from app.hardware import HardwareFacts
 from app.jobs import JobState
 from app.kinds import JobKind
 from app.models.families import Family
 from app.models.manager import ModelManager
+from app.models.placement import apply_plan
 from app.models.registry import ModelRegistry
 from tests.conftest import CPU_ONLY, TINY_SD1, engine_over, make_engine, make_settings, models_of
 from tools.tiny_models import tiny_pipeline

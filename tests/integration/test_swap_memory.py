@@ -20,9 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from app.devices import free_memory
 from app.generation.requests import GenerationRequest
 from app.kinds import JobKind
+from app.memory import free_memory
 from app.models import manager as manager_module
 from app.models.families import Family
 from app.models.loader import CONFIG_FOLDERS, tokenizer_for

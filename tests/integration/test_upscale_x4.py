@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import app.generation.upscaling as upscaling_module
 from app.errors import EaselError
 from app.generation.requests import GenerationRequest
 from app.generation.upscale import UpscaleRequest
 from app.images.metadata import parse_infotext, read_parameters
+from app.images.tiles import tile_grid
 from app.models.families import Family
 from tests.conftest import TINY_SD1, TINY_SD2_V, make_engine, make_settings, models_of
 from tools.tiny_models import save_tiny_model
@@ -55,18 +57,60 @@ def test_sd_x4_makes_the_picture_four_times_larger_and_keeps_its_parameters(x4_e
     assert x4_engine.active_checkpoint().title == TINY_SD1
 
 
-def test_odd_sizes_are_padded_and_cropped_back_and_other_scales_resize(x4_engine):
-    done = x4_engine.upscale(x4_request(Image.new("RGB", (37, 21), (90, 30, 30)), scale=2))
-    assert done.image.size == (74, 42)
+@pytest.fixture
+def x4_calls(monkeypatch):
+    """Every call of the SD x4 model during a test: (the tile it was given, the picture it made)."""
+    calls: list[tuple[Image.Image, Image.Image]] = []
+
+    def recorded(pipe, image, *args, **kwargs):
+        made = upscaling_module.run_x4.__wrapped__(pipe, image, *args, **kwargs)
+        calls.append((image, made))
+        return made
+
+    recorded.__wrapped__ = upscaling_module.run_x4
+    monkeypatch.setattr(upscaling_module, "run_x4", recorded)
+    return calls
 
 
-def test_a_picture_that_fits_one_tile_gives_the_same_pixels_tiled_or_not(x4_engine):
-    picture = Image.effect_noise((48, 40), 60).convert("RGB")
-    small_tiles = x4_engine.upscale(x4_request(picture, tile=64, overlap=16)).image
-    one_tile = x4_engine.upscale(x4_request(picture, tile=128, overlap=16)).image
-    again = x4_engine.upscale(x4_request(picture, tile=128, overlap=16)).image
-    assert np.array_equal(np.asarray(one_tile), np.asarray(again))  # same seed, same pixels
-    assert np.array_equal(np.asarray(one_tile), np.asarray(small_tiles))  # 48x40 fits a 64 tile too
+def test_odd_sizes_are_padded_with_the_edge_and_cropped_back_not_resized(x4_engine, x4_calls):
+    picture = Image.effect_noise((37, 21), 60).convert("RGB")
+    done = x4_engine.upscale(x4_request(picture, scale=4))
+    ((given, made),) = x4_calls
+    # The model got the picture grown to multiples of 8 by repeating its last column and row ...
+    given = np.asarray(given, dtype=int)
+    assert given.shape == (24, 40, 3)
+    assert np.array_equal(given[:21, :37], np.asarray(picture, dtype=int))
+    assert (given[:21, 37:] == given[:21, 36:37]).all() and (given[21:] == given[20:21]).all()
+    # ... and its 160x96 result was cropped to 148x84, pixel for pixel: no resize stretched the padding in.
+    assert made.size == (160, 96)
+    assert np.array_equal(np.asarray(done.image), np.asarray(made.crop((0, 0, 148, 84))))
+    # Another scale resizes that same result.
+    half = x4_engine.upscale(x4_request(picture, scale=2)).image
+    assert half.size == (74, 42)
+    assert np.array_equal(np.asarray(half), np.asarray(done.image.resize((74, 42), Image.LANCZOS)))
+
+
+def test_tiles_are_the_models_own_output_where_they_do_not_overlap_and_blended_where_they_do(x4_engine, x4_calls):
+    picture = Image.effect_noise((96, 40), 60).convert("RGB")
+    result = np.asarray(x4_engine.upscale(x4_request(picture, tile=48, overlap=16)).image, dtype=int)
+    tiles = tile_grid(picture.size, 48, 16)
+    assert len(tiles) == len(x4_calls) == 3  # 96 px wide in 48 px tiles overlapping by at least 16
+    outputs = [np.asarray(made, dtype=int)[: tile.size[1] * 4, : tile.size[0] * 4] for tile, (_, made) in zip(tiles, x4_calls)]
+    for tile, (given, _) in zip(tiles, x4_calls):  # each tile is the picture's own crop
+        crop = np.asarray(picture.crop((tile.left, tile.top, tile.right, tile.bottom)), dtype=int)
+        assert np.array_equal(np.asarray(given, dtype=int)[: crop.shape[0], : crop.shape[1]], crop)
+    first, second = tiles[0], tiles[1]
+    # Columns only the first tile covers are exactly its output.
+    alone = second.left * 4
+    assert np.array_equal(result[:, :alone], outputs[0][:, :alone])
+    # Where the first two overlap, every pixel is a mix of the two tiles' outputs (within rounding).
+    overlap = slice(second.left * 4, first.right * 4)
+    a, b = outputs[0][:, overlap], outputs[1][:, : first.right * 4 - second.left * 4]
+    assert (result[:, overlap] >= np.minimum(a, b) - 1).all() and (result[:, overlap] <= np.maximum(a, b) + 1).all()
+    assert not np.array_equal(result[:, overlap], a)  # blended, not one tile pasted over the other
+    # The same seed gives the same pixels again.
+    again = x4_engine.upscale(x4_request(picture, tile=48, overlap=16)).image
+    assert np.array_equal(np.asarray(again, dtype=int), result)
 
 
 def test_a_tiled_run_covers_the_picture_without_seams(x4_engine):

@@ -1,8 +1,11 @@
 """Device planning: every branch decided from HardwareFacts passed in (no GPU needed); applying a plan
 to fake and real tiny pipelines; probing, freeing memory and recognising out-of-memory errors here."""
 
+import gc
 import sys
+import weakref
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +15,15 @@ from app.devices import (
     DeviceOptions,
     DevicePlan,
     DeviceUnavailable,
-    HardwareFacts,
     MemoryMode,
-    apply_plan,
-    cpu_has_fast_bf16,
     cpu_minutes_per_image,
-    cpu_model_name,
     degraded,
-    free_memory,
-    is_out_of_memory,
-    meminfo_bytes,
     plan_device,
-    probe_hardware,
 )
 from app.errors import EaselError
+from app.hardware import HardwareFacts, cpu_has_fast_bf16, cpu_model_name, meminfo_bytes, probe_hardware
+from app.memory import free_memory, is_out_of_memory, trim_heap
+from app.models.placement import apply_plan
 
 NO_GPU = HardwareFacts(cpu_name="x86_64", cpu_threads=6)
 CUDA = HardwareFacts(cuda_available=True, cuda_name="NVIDIA GeForce RTX 3060", cuda_total_bytes=12 * 2**30, cpu_threads=8)
@@ -72,12 +70,12 @@ def test_vram_table_at_its_edges(gib, mode):
 @pytest.mark.parametrize(
     "gib, mode", [(24, FULL), (16, FULL), (15.9, MODEL), (8, MODEL), (7.9, SEQ), (4, SEQ), (3.9, CPU)]
 )
-def test_no_half_runs_float32_and_chooses_as_if_the_card_had_half_the_memory(gib, mode):
-    plan = plan_device(cuda_with(gib), DeviceOptions(no_half=True))
+def test_full_precision_runs_float32_and_chooses_as_if_the_card_had_half_the_memory(gib, mode):
+    plan = plan_device(cuda_with(gib), DeviceOptions(full_precision=True))
     assert plan.memory_mode is mode
     assert plan.dtype == torch.float32
     if mode is CPU:
-        assert "--no-half" in plan.description
+        assert "full precision doubles" in plan.description
     else:
         assert "float32" in plan.description
 
@@ -135,7 +133,7 @@ def test_mps_gets_float16_on_the_apple_gpu_with_attention_slicing():
     assert plan.attention_slicing
     assert "MPS" in plan.description and "Apple GPU" in plan.description
     assert plan_device(MPS, "mps") == plan
-    assert plan_device(MPS, DeviceOptions(no_half=True)).dtype == torch.float32
+    assert plan_device(MPS, DeviceOptions(full_precision=True)).dtype == torch.float32
 
 
 def test_requested_mps_is_honoured_even_when_cuda_is_present():
@@ -156,13 +154,26 @@ def test_no_gpu_runs_on_cpu_in_float32_and_says_so():
 def test_cpu_uses_bfloat16_only_with_hardware_bf16():
     plan = plan_device(replace(NO_GPU, cpu_bf16=True))
     assert (plan.device, plan.dtype, plan.memory_mode) == ("cpu", torch.bfloat16, CPU)
-    assert "bfloat16" in plan.description
+    assert "in bfloat16" in plan.description and "--precision full" in plan.description
     assert plan_device(NO_GPU).dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_full_precision_gives_float32_on_a_bf16_cpu_and_says_so(device):
+    plan = plan_device(replace(NO_GPU, cpu_bf16=True), DeviceOptions(device=device, full_precision=True))
+    assert (plan.device, plan.dtype) == ("cpu", torch.float32)
+    assert "in float32 (full precision, as asked)" in plan.description
+
+
+def test_a_full_precision_gpu_steps_down_to_a_float32_cpu_even_where_bf16_is_fast():
+    facts = replace(cuda_with(3), cpu_bf16=True)
+    assert degraded(plan_device(facts, DeviceOptions(device="cuda", full_precision=True)), facts).dtype == torch.float32
+    assert degraded(plan_device(facts, DeviceOptions(device="cuda")), facts).dtype == torch.bfloat16
 
 
 def test_requested_cpu_wins_over_a_present_gpu():
     for facts in (CUDA, MPS):
-        for options in ("cpu", DeviceOptions(device="cpu", medvram=True, no_half=True)):
+        for options in ("cpu", DeviceOptions(device="cpu", medvram=True, full_precision=True)):
             plan = plan_device(facts, options)
             assert (plan.device, plan.dtype, plan.memory_mode) == ("cpu", torch.float32, CPU)
             assert "--device cpu" in plan.description
@@ -220,7 +231,7 @@ def test_degraded_walks_the_ladder_down_to_the_cpu_then_stops():
 
 
 def test_degraded_gpu_rungs_save_memory_everywhere_and_keep_the_precision():
-    lower = degraded(plan_device(cuda_with(24), DeviceOptions(no_half=True)), cuda_with(24))
+    lower = degraded(plan_device(cuda_with(24), DeviceOptions(full_precision=True)), cuda_with(24))
     assert (lower.memory_mode, lower.dtype) == (MODEL, torch.float32)
     assert lower.attention_slicing and lower.vae_tiling
     assert "Card (24.0 GiB)" in lower.description
@@ -458,6 +469,42 @@ def test_cpuinfo_parsing():
     assert not cpu_has_fast_bf16("") and cpu_model_name("") == ""
 
 
-def test_free_memory_does_not_raise():
+def _rss_anon() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon")
+
+
+def test_free_memory_collects_cycles_that_hold_tensors():
+    class Holder:
+        pass
+
+    gc.disable()  # only free_memory may collect here
+    try:
+        holder = Holder()
+        holder.itself, holder.tensor = holder, torch.ones(1024)
+        watched = weakref.ref(holder.tensor)
+        del holder
+        assert watched() is not None  # a cycle: reference counting alone never frees it
+        free_memory()
+        assert watched() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads RssAnon from /proc (Linux)")
+def test_free_memory_gives_freed_heap_pages_back_to_the_system():
+    if not trim_heap():
+        pytest.skip("no glibc heap to trim here")
+    # 192 MiB in 64 KiB blocks (below glibc's mmap threshold: they live on the heap), every 16th kept,
+    # so the heap cannot shrink from its top by itself: the freed blocks stay resident until trimmed.
+    blocks = [bytearray(64 * 1024) for _ in range(3072)]
+    kept = blocks[::16]
+    del blocks
+    gc.collect()
+    before = _rss_anon()
     free_memory()
-    free_memory()
+    after = _rss_anon()
+    assert before - after > 100 * 2**20, f"only {(before - after) / 2**20:.0f} MiB given back"
+    assert len(kept) == 192

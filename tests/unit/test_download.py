@@ -22,17 +22,9 @@ from omegaconf import OmegaConf
 
 from app.errors import EaselError
 from app.models import download
-from app.models.download import (
-    CANCELLED_MESSAGE,
-    CatalogEntry,
-    DownloadCancelled,
-    DownloadError,
-    DownloadProgress,
-    download_model,
-    load_catalog,
-    offline_instructions,
-    partial_path,
-)
+from app.models.catalog import CatalogEntry, load_catalog, offline_instructions
+from app.models.download import DownloadProgress, download_model, partial_path
+from app.models.download_errors import CANCELLED_MESSAGE, DownloadCancelled, DownloadError
 from app.models.families import Family
 
 PAYLOAD = random.Random(0).randbytes(2_000_000)

@@ -32,10 +32,13 @@ def test_a_damaged_file_is_set_aside_and_easel_starts_clean(tmp_path):
     assert json.loads(path.read_text()) == {"txt2img": {"steps": 5}}
 
 
-def test_an_unwritable_place_does_not_raise(tmp_path):
+def test_an_unwritable_place_keeps_the_values_for_this_session_and_writes_nothing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    Preferences(blocker / "prefs.json").remember("txt2img", {"steps": 5})  # parent is a file
+    preferences = Preferences(blocker / "prefs.json")  # its folder is a file: nothing can be written
+    preferences.remember("txt2img", {"steps": 5})  # does not raise
+    assert preferences.section("txt2img") == {"steps": 5}  # the page still gets them back until a restart
+    assert blocker.read_text() == "" and list(tmp_path.iterdir()) == [blocker]
 
 
 def test_remembered_values_fill_the_defaults_and_ignore_unknown_keys():

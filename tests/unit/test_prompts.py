@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from app.generation.prompt_syntax import parse_prompt_attention
 from app.generation.prompts import (
     PromptEmbeddings,
     chunk_ids_and_weights,
     count_tokens,
     encode_prompt,
     encode_prompt_pair,
-    parse_prompt_attention,
     prompt_chunks,
 )
 

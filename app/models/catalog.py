@@ -1,0 +1,96 @@
+"""The checkpoints Easel offers to download (configs/catalog.yaml): what each is, where it comes
+from, its size and sha256, and how to install it by hand when Easel cannot reach the internet."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from app.errors import EaselError
+from app.models.families import Family
+from app.settings import APP_DIR
+
+CATALOG_FILE = APP_DIR / "configs" / "catalog.yaml"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: str
+    title: str                # shown to users
+    family: Family
+    repository: str           # Hugging Face "owner/name"
+    filename: str             # the file in the repository, and its name in the models folder
+    size: int | None          # bytes; None where it could not be verified
+    sha256: str | None        # lowercase hex; None where it could not be verified
+    licence: str
+    description: str
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repository}/resolve/main/{self.filename}"
+
+    @property
+    def page_url(self) -> str:
+        return f"https://huggingface.co/{self.repository}"
+
+
+_CATALOG_KEYS = ("id", "title", "family", "repository", "file", "size", "sha256", "licence", "description")
+
+
+def _catalog_entry(raw: dict, path: Path) -> CatalogEntry:
+    def invalid(problem: str) -> EaselError:
+        return EaselError(f"The model catalog {path} is invalid: {problem}. Fix the file or restore the original.")
+
+    missing = [key for key in _CATALOG_KEYS if key not in raw]
+    if missing:
+        raise invalid(f"{raw.get('id', 'an entry')} lacks {', '.join(missing)}")
+    if raw["family"] not in {family.value for family in Family}:
+        raise invalid(f"{raw['id']} has the unknown family '{raw['family']}'")
+    filename = str(raw["file"])
+    # The name becomes a path in the models folder: it must not climb out of it.
+    if Path(filename).name != filename or filename in ("", ".", ".."):
+        raise invalid(f"{raw['id']} has the file name '{filename}', which is not a plain file name")
+    size = raw["size"]
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise invalid(f"{raw['id']} has the size '{size}'; write a number of bytes or null")
+    sha256 = raw["sha256"]
+    if sha256 is not None:
+        sha256 = str(sha256).lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise invalid(f"{raw['id']} has the sha256 '{raw['sha256']}'; write 64 hex digits or null")
+    return CatalogEntry(
+        id=str(raw["id"]),
+        title=str(raw["title"]),
+        family=Family(raw["family"]),
+        repository=str(raw["repository"]),
+        filename=filename,
+        size=size,
+        sha256=sha256,
+        licence=str(raw["licence"]),
+        description=str(raw["description"]),
+    )
+
+
+def load_catalog(path: Path = CATALOG_FILE) -> list[CatalogEntry]:
+    """The downloads Easel offers, in the catalog's order."""
+    path = Path(path)
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as error:  # omegaconf/yaml raise many types; all mean "this file cannot be read"
+        raise EaselError(f"The model catalog {path} could not be read ({error}). Restore the original file.") from error
+    raw_entries = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(raw_entries, list) or not all(isinstance(raw, dict) for raw in raw_entries):
+        raise EaselError(f"The model catalog {path} has no 'models' list. Restore the original file.")
+    entries = [_catalog_entry(raw, path) for raw in raw_entries]
+    ids = [entry.id for entry in entries]
+    if len(set(ids)) != len(ids):
+        raise EaselError(f"The model catalog {path} lists an id twice. Fix the file or restore the original.")
+    return entries
+
+
+def offline_instructions(entry: CatalogEntry, dest_dir: Path) -> str:
+    """How to install the file without Easel's help: a browser, then the right folder."""
+    return (
+        f"To install {entry.title} by hand, open {entry.url} in a web browser (on any computer with "
+        f"internet access), save the file {entry.filename} into the folder {dest_dir}, then press refresh."
+    )
