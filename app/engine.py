@@ -33,6 +33,7 @@ from app.images.store import OutputStore
 from app.job_queue import JobQueue
 from app.jobs import Job
 from app.kinds import JobKind, UpscalerKind
+from app.memory import trim_heap
 from app.models.catalog import CatalogEntry, load_catalog
 from app.models.demo import DEMO_MODEL_NAME, save_demo_model
 from app.models.detect import Prediction
@@ -60,7 +61,10 @@ class Engine:
         writer = OutputWriter(store, watermark=settings.watermark)
         self._generation = GenerationRunner(models, writer, preview_every=settings.preview_every)
         self._upscaling = UpscaleRunner(models, writer)
-        self._queue = JobQueue(self._run, max_size=settings.queue_size, max_per_owner=settings.queue_per_user)
+        # When the queue runs dry, what the last job freed (activations, decoded pictures) goes back to
+        # the system (a few ms): otherwise the C heap keeps it, and a swap after a job looks like growth.
+        self._queue = JobQueue(self._run, max_size=settings.queue_size, max_per_owner=settings.queue_per_user,
+                               on_idle=trim_heap)
 
     # --- jobs -------------------------------------------------------------------------------
 

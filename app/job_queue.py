@@ -47,8 +47,10 @@ def turn_order(lines: dict[str, list[Job]], served: dict[str, int], running: Job
 class JobQueue:
     """One worker thread owns the device; waiting jobs take turns round-robin between owners."""
 
-    def __init__(self, run: Callable[[Job], Any], max_size: int = 100, max_per_owner: int | None = None):
+    def __init__(self, run: Callable[[Job], Any], max_size: int = 100, max_per_owner: int | None = None,
+                 on_idle: Callable[[], None] | None = None):
         self._run = run
+        self._on_idle = on_idle  # called by the worker when a turn ends and no job waits
         self._max_size = max_size
         self._max_per_owner = max_per_owner or max_size
         # Owner → their waiting jobs (front runs first), in the order the owners first asked.
@@ -195,6 +197,11 @@ class JobQueue:
                     self._queues.setdefault(job.owner, collections.deque()).appendleft(job)
                     job._set_state(JobState.QUEUED)
                     self._lock.notify_all()
+            if self._on_idle is not None and not self._queues:
+                try:
+                    self._on_idle()  # the job's result is out already: nobody waits for this
+                except Exception:
+                    log.exception("The queue's idle task failed")
 
     def _learn(self, job: Job) -> None:
         """Update the measured speed of this kind of job (a running average over recent turns)."""

@@ -1,5 +1,5 @@
 """A checkpoint in memory: its pipeline, the sibling pipelines that share its modules, the VAE in
-use, and how to let go of all of it at once."""
+use, and how to let go of all of it at once (`detach`)."""
 
 from dataclasses import dataclass, field
 
@@ -7,7 +7,6 @@ from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableD
 
 from app.devices import DevicePlan, MemoryMode
 from app.kinds import JobKind
-from app.memory import free_memory
 from app.models.placement import apply_plan
 from app.models.registry import ModelEntry, VaeEntry
 
@@ -55,19 +54,18 @@ class LoadedModel:
             self.own_vae = None
         apply_plan(self.base, plan)
 
+    def detach(self) -> None:
+        """Drop every reference this model holds to its modules from elsewhere (offload hooks, siblings,
+        the set-aside VAE), so that dropping the LoadedModel itself frees them all.
+
+        The owner then drops its own reference and only then calls `free_memory()`: a trim while
+        any name still holds the model gives nothing back, and the freed pages then stay resident."""
+        for pipe in self.pipelines():
+            pipe.remove_all_hooks()
+        self.siblings.clear()
+        self.own_vae = None
+
     def follow(self, plan: DevicePlan) -> None:
         """Move to another device plan (a step down after running out of memory)."""
         apply_plan(self.base, plan)
         self.hooked = JobKind.TXT2IMG
-
-
-def release(loaded: LoadedModel | None) -> None:
-    """Drop every reference a loaded model holds (hooks, siblings), then give the memory back."""
-    if loaded is None:
-        return
-    for pipe in loaded.pipelines():
-        pipe.remove_all_hooks()
-    loaded.siblings.clear()
-    loaded.own_vae = None
-    del loaded
-    free_memory()

@@ -18,8 +18,9 @@ from app.devices import DevicePlan, degraded
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from app.hardware import HardwareFacts, probe_hardware
 from app.kinds import JobKind
+from app.memory import free_memory
 from app.models.families import Family
-from app.models.loaded import LoadedModel, release
+from app.models.loaded import LoadedModel
 from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
 from app.models.placement import apply_plan
 from app.models.registry import Layout, ModelEntry, ModelRegistry, VaeEntry
@@ -91,22 +92,25 @@ class ModelManager:
                 loaded = self._load(entry)  # raises with the old model still in place
                 self.unload()
                 self._loaded = loaded
-                return entry
-            previous = self._loaded.entry if self._loaded else None
-            self.unload()
-            try:
-                self._loaded = self._load(entry)
-            except Exception:
-                if previous is not None:
-                    self._loaded = self._load(previous)  # a failed swap leaves the old model working
-                raise
+            else:
+                previous = self._loaded.entry if self._loaded else None
+                self.unload()
+                try:
+                    self._loaded = self._load(entry)
+                except Exception:
+                    if previous is not None:
+                        self._loaded = self._load(previous)  # a failed swap leaves the old model working
+                    raise
+            free_memory()  # what loading itself freed: the file's tensors, the precision copies
             return self._loaded.entry
 
     def unload(self) -> None:
         """Release every module of the active checkpoint, its siblings included."""
         with self._lock:
-            loaded, self._loaded = self._loaded, None
-            release(loaded)
+            if self._loaded is not None:
+                self._loaded.detach()
+            self._loaded = None  # the last reference: freed here, before the trim
+            free_memory()
 
     def close(self) -> None:
         """Release everything: the active checkpoint and the upscalers."""

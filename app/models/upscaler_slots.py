@@ -8,7 +8,7 @@ only holds them, loads a network, and lets go.
 from app.devices import DevicePlan
 from app.errors import ModelLoadError
 from app.memory import free_memory
-from app.models.loaded import LoadedModel, release
+from app.models.loaded import LoadedModel
 from app.models.registry import ModelEntry
 from app.models.safe_weights import UnreadableWeights
 from app.models.upscalers import UpscalerEntry, load_network
@@ -48,8 +48,10 @@ class UpscalerSlots:
         self.release_network()
 
     def release_x4(self) -> None:
-        loaded, self._x4 = self._x4, None
-        release(loaded)
+        if self._x4 is not None:
+            self._x4.detach()
+        self._x4 = None  # the last reference: freed here, before the trim
+        free_memory()
 
     def release_network(self) -> None:
         self._network = None

@@ -1,17 +1,22 @@
-"""Model swaps give memory back (issue "Model manager", item 5): load A, B, A again; the resident
-size after the third load is within 10% of the first.
+"""Model swaps give memory back (issue "Model manager", item 5; issue "One engine boundary", item 7):
+load A, B, A again; the resident size after the third load is within 10% of the first, on the
+float32 plan and on the bfloat16 plan a CPU with AVX-512 BF16/AMX gets, through the engine and
+through the HTTP API (`POST /sdapi/v1/options`).
 
-The tiny test models (~1 MB) vanish in the noise of a ~1 GB Python process, so this test builds two
-"medium" random models of the SD 1.x architecture (same classes as app/models/tiny.py, wider:
-~55 M parameters, ~220 MB in float32 each), writes them as A1111-style single files, and drives
-the real registry, manager and engine over them on the CPU. Run with `pytest -s` to see the figures.
-The full-size figure is `bench/swap_memory.py`.
+The resident size is read as a user sees it (VmRSS, nothing trimmed by the test): Easel must give
+memory back by itself. The tiny test models (~1 MB) vanish in the noise of a ~1 GB Python process,
+so this test builds two "medium" random models of the SD 1.x architecture (same classes as
+tools/tiny_models.py, wider: ~55 M parameters, ~220 MB in float32 each), writes them as A1111-style
+single files, and drives the real registry, manager, engine and server over them on the CPU. Run
+with `pytest -s` to see the figures. The full-size figures are `bench/swap_memory.py`.
 """
 
-import gc
+import dataclasses
+import time
 import weakref
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -20,13 +25,14 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from app.api.convert import encoded_png
 from app.generation.requests import GenerationRequest
 from app.kinds import JobKind
 from app.memory import free_memory
 from app.models import manager as manager_module
 from app.models.families import Family
 from app.models.loader import CONFIG_FOLDERS, tokenizer_for
-from tests.conftest import make_engine, make_settings, models_of
+from tests.conftest import CPU_ONLY, make_engine, make_settings, models_of
 from tools.ldm_convert import save_single_file, vae_to_ldm
 
 MODEL_A = "medium-a.safetensors"
@@ -34,6 +40,7 @@ MODEL_B = "medium-b.safetensors"
 VAE = "medium-vae.safetensors"
 MIB = 2**20
 TIMEOUT = 60.0
+BF16_CPU = dataclasses.replace(CPU_ONLY, cpu_bf16=True)  # what a CPU with AVX-512 BF16 or AMX gets: bfloat16
 
 
 def medium_vae() -> AutoencoderKL:
@@ -119,10 +126,14 @@ def write_models(root: Path, file_dtype: torch.dtype) -> tuple[Path, Path]:
     return models_dir, config_root
 
 
-def rss_bytes() -> int:
-    """This process's resident size (VmRSS), after Python's garbage and the C heap's free pages are
-    given back (the same `free_memory()` the manager calls after an unload)."""
-    free_memory()
+def rss_bytes(engine) -> int:
+    """This process's resident size (VmRSS) as a user sees it, once the engine is idle: nothing is
+    collected or trimmed here, so what Easel does not give back by itself counts."""
+    deadline = time.monotonic() + TIMEOUT
+    while engine.status().running or engine.status().queued:
+        assert time.monotonic() < deadline, "the engine did not go idle"
+        time.sleep(0.01)
+    time.sleep(0.2)  # the queue's idle trim runs just after the last job's result is out
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
@@ -137,18 +148,62 @@ def weights_bytes(pipe) -> int:
     )
 
 
-def job(engine, kind: str = "txt2img") -> None:
-    """One 64x64, 2-step job: runs every UNet and VAE-decoder layer (touches all their weights);
-    img2img and inpaint jobs run on the model's sibling pipelines (made on first use)."""
-    fields = dict(width=64, height=64)
-    if kind != "txt2img":
-        grey = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
-        fields = dict(width=None, height=None, strength=0.5, init_image=grey)
-    if kind == JobKind.INPAINT:
-        mask = np.zeros((64, 64), dtype=np.uint8)
-        mask[16:48, 16:48] = 255
-        fields["mask"] = Image.fromarray(mask)
-    engine.generate(GenerationRequest(prompt="a fox", steps=2, seed=1, **fields), TIMEOUT)
+GREY = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
+SQUARE = np.zeros((64, 64), dtype=np.uint8)
+SQUARE[16:48, 16:48] = 255
+
+
+class ThroughEngine:
+    """Swaps and jobs as the page makes them: Engine methods."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def load(self, title: str) -> None:
+        self.engine.select_checkpoint(title)
+
+    def job(self, kind: JobKind = JobKind.TXT2IMG) -> None:
+        """One 64x64, 2-step job: runs every UNet and VAE-decoder layer (touches all their weights);
+        img2img and inpaint jobs run on the model's sibling pipelines (made on first use)."""
+        fields = dict(width=64, height=64)
+        if kind is not JobKind.TXT2IMG:
+            fields = dict(width=None, height=None, strength=0.5, init_image=GREY)
+        if kind is JobKind.INPAINT:
+            fields["mask"] = Image.fromarray(SQUARE)
+        self.engine.generate(GenerationRequest(prompt="a fox", steps=2, seed=1, **fields), TIMEOUT)
+
+    def close(self) -> None:
+        pass
+
+
+class ThroughApi(ThroughEngine):
+    """Swaps and jobs as an A1111 client makes them: `POST /sdapi/v1/options`, txt2img, img2img, over
+    HTTP to the real server (the swap then runs in a server thread, the jobs in the queue's)."""
+
+    def __init__(self, engine, settings):
+        from server.compose import serve
+        from ui.app import build_ui
+
+        super().__init__(engine)
+        self.server = serve(build_ui(engine), engine, settings)
+        self.client = httpx.Client(base_url=self.server.url, timeout=TIMEOUT)
+
+    def load(self, title: str) -> None:
+        self.client.post("/sdapi/v1/options", json={"sd_model_checkpoint": title}).raise_for_status()
+
+    def job(self, kind: JobKind = JobKind.TXT2IMG) -> None:
+        body = {"prompt": "a fox", "steps": 2, "seed": 1, "width": 64, "height": 64, "sampler_name": "Euler"}
+        if kind is JobKind.TXT2IMG:
+            self.client.post("/sdapi/v1/txt2img", json=body).raise_for_status()
+            return
+        body.update(init_images=[encoded_png(GREY, None)], denoising_strength=0.5)
+        if kind is JobKind.INPAINT:
+            body["mask"] = encoded_png(Image.fromarray(SQUARE), None)
+        self.client.post("/sdapi/v1/img2img", json=body).raise_for_status()
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +227,19 @@ def model_files(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc (Linux)")
 @pytest.mark.parametrize(
-    "file_dtype, new_first, chosen_vae",
+    "file_dtype, new_first, chosen_vae, facts, api",
     [
-        (torch.float16, None, False),
-        (torch.float16, False, False),
-        (torch.float16, None, True),
-        (torch.float32, None, False),
+        (torch.float16, None, False, CPU_ONLY, False),
+        (torch.float16, False, False, CPU_ONLY, False),
+        (torch.float16, None, True, CPU_ONLY, False),
+        (torch.float32, None, False, CPU_ONLY, False),
+        (torch.float16, None, False, BF16_CPU, False),
+        (torch.float16, None, False, BF16_CPU, True),
     ],
-    ids=["fp16-file", "fp16-file-unload-first", "fp16-file-chosen-vae", "fp32-file"],
+    ids=["fp16-file", "fp16-file-unload-first", "fp16-file-chosen-vae", "fp32-file", "bf16-plan", "bf16-plan-api"],
 )
-def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, model_files, tmp_path, monkeypatch):
+def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, facts, api, model_files, tmp_path,
+                                      monkeypatch):
     decisions: list[bool] = []  # what the manager chose at each swap (new model first or not)
     decide = manager_module.load_new_first
 
@@ -191,27 +249,30 @@ def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, model_f
 
     monkeypatch.setattr(manager_module, "load_new_first", recorded)
     models_dir, config_root = model_files(file_dtype)
-    engine = make_engine(make_settings(tmp_path, models_dir, model_configs_dir=str(config_root)))
+    settings = make_settings(tmp_path, models_dir, model_configs_dir=str(config_root), port=0)
+    engine = make_engine(settings, facts)
     manager = models_of(engine)
+    plan_dtype = torch.bfloat16 if facts.cpu_bf16 else torch.float32
+    user = ThroughApi(engine, settings) if api else ThroughEngine(engine)
     loaded_rss, job_rss = {}, {}
     try:
         if chosen_vae:
             manager.select_vae(VAE)  # each checkpoint then holds the chosen VAE and keeps its own aside
-        before = rss_bytes()
+        before = rss_bytes(engine)
 
         # A, with everything a session creates: jobs of each kind, so the img2img and inpaint
         # siblings exist too.
-        manager.load(MODEL_A)
-        loaded_rss["A"] = rss_bytes()
-        job(engine)
-        job(engine, JobKind.IMG2IMG)
-        job(engine, JobKind.INPAINT)
+        user.load(MODEL_A)
+        loaded_rss["A"] = rss_bytes(engine)
+        user.job()
+        user.job(JobKind.IMG2IMG)
+        user.job(JobKind.INPAINT)
         assert set(manager.loaded.siblings) == {JobKind.IMG2IMG, JobKind.INPAINT}
         assert manager.pipeline_for(JobKind.IMG2IMG) is manager.loaded.siblings[JobKind.IMG2IMG]
         assert (manager.loaded.own_vae is not None) == chosen_vae
-        assert manager.loaded.base.unet.dtype == torch.float32
+        assert manager.loaded.base.unet.dtype == plan_dtype
         model = weights_bytes(manager.loaded.base)
-        job_rss["A"] = rss_bytes()
+        job_rss["A"] = rss_bytes(engine)
 
         old = manager.loaded
         watched = {
@@ -226,25 +287,26 @@ def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, model_f
         }
         del old
 
-        manager.load(MODEL_B)
-        loaded_rss["B"] = rss_bytes()
-        gc.collect()
-        alive = [name for name, ref in watched.items() if ref() is not None]
-        job(engine)
-        job_rss["B"] = rss_bytes()
+        user.load(MODEL_B)
+        loaded_rss["B"] = rss_bytes(engine)
+        alive = [name for name, ref in watched.items() if ref() is not None]  # nothing collected by the test
+        user.job()
+        job_rss["B"] = rss_bytes(engine)
 
-        manager.load(MODEL_A)
-        loaded_rss["A again"] = rss_bytes()
-        job(engine)
-        job_rss["A again"] = rss_bytes()
+        user.load(MODEL_A)
+        loaded_rss["A again"] = rss_bytes(engine)
+        user.job()
+        job_rss["A again"] = rss_bytes(engine)
 
         manager.unload()
-        unloaded = rss_bytes()
+        unloaded = rss_bytes(engine)
     finally:
+        user.close()
         engine.close()
 
     lines = [
-        f"\nswap memory, medium SD 1.x, {str(file_dtype).removeprefix('torch.')} files loaded as float32, "
+        f"\nswap memory, medium SD 1.x, {str(file_dtype).removeprefix('torch.')} files loaded as "
+        f"{str(plan_dtype).removeprefix('torch.')}{' through the HTTP API' if api else ''}, "
         f"{'unload first (forced)' if new_first is False else 'order as the manager decides'}, swaps "
         f"{' '.join('new-first' if d else 'unload-first' for d in decisions)}"
         f"{', chosen VAE' if chosen_vae else ''} "

@@ -5,6 +5,7 @@ regression shows up as a failure, never as a hung test run.
 """
 
 import threading
+import time
 
 import pytest
 
@@ -244,3 +245,26 @@ def test_progress_fraction_counts_batches_and_eta():
     assert Progress(step=5, steps=10).eta_seconds() is None  # not started
     timed = Progress(step=5, steps=10, started_at=100.0)
     assert timed.eta_seconds(now=110.0) == pytest.approx(10.0)
+
+
+def test_the_idle_task_runs_once_the_queue_runs_dry_not_between_waiting_jobs(queues):
+    run = FakeRun(hold={"a"})
+    idle: list[list[str]] = []  # what had run each time the queue went idle
+    queue = queues(run, on_idle=lambda: idle.append(list(run.calls)))
+    a, b = queue.submit(job("a")), queue.submit(job("b"))
+    run.wait_started("a")
+    run.let_go("a")
+    assert a.wait(TIMEOUT) == "result of a" and b.wait(TIMEOUT) == "result of b"
+    deadline = time.monotonic() + TIMEOUT
+    while not idle and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert idle == [["a", "b"]]  # not after "a": "b" was waiting
+
+
+def test_a_failing_idle_task_does_not_stop_the_queue(queues):
+    def broken():
+        raise RuntimeError("trim failed")
+
+    queue = queues(FakeRun(), on_idle=broken)
+    assert queue.submit(job("a")).wait(TIMEOUT) == "result of a"
+    assert queue.submit(job("b")).wait(TIMEOUT) == "result of b"
