@@ -42,6 +42,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# The ML libraries' own progress bars and notices, as launch.py silences them.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import app  # noqa: E402,F401  (offline switches before torch/diffusers)
 
@@ -281,6 +285,7 @@ class ApiUser(EngineUser):
 def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
     import numpy as np
     import torch
+    from diffusers.utils import logging as diffusers_logging
     from PIL import Image
 
     from app.engine import Engine, model_manager
@@ -292,6 +297,7 @@ def measure(args, checkpoints: Path) -> tuple[list[Step], dict]:
     from app.models.manager import _SWAP_HEADROOM, model_bytes
     from app.settings import load_settings
 
+    diffusers_logging.disable_progress_bar()  # as launch.py: the bench prints its own lines
     if args.threads:
         torch.set_num_threads(args.threads)
     grey = Image.fromarray(np.full((256, 256, 3), 128, dtype=np.uint8))

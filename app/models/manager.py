@@ -101,7 +101,6 @@ class ModelManager:
                     if previous is not None:
                         self._loaded = self._load(previous)  # a failed swap leaves the old model working
                     raise
-            free_memory()  # what loading itself freed: the file's tensors, the precision copies
             return self._loaded.entry
 
     def unload(self) -> None:

@@ -32,7 +32,7 @@ from app.memory import free_memory
 from app.models import manager as manager_module
 from app.models.families import Family
 from app.models.loader import CONFIG_FOLDERS, tokenizer_for
-from tests.conftest import CPU_ONLY, make_engine, make_settings, models_of
+from tests.conftest import CPU_ONLY, TINY_SD2_V, make_engine, make_settings, models_of
 from tools.ldm_convert import save_single_file, vae_to_ldm
 
 MODEL_A = "medium-a.safetensors"
@@ -324,3 +324,22 @@ def test_swap_a_b_a_gives_memory_back(file_dtype, new_first, chosen_vae, facts, 
     assert job_rss["A again"] <= 1.10 * job_rss["A"], "A, B, A again grew the resident size by more than 10%"
     assert loaded_rss["A again"] <= 1.10 * job_rss["A"], "A loaded again (before its job) is already >10% up"
     assert job_rss["A again"] - unloaded >= model / 2, "unload() did not give the model's memory back"
+
+
+@pytest.mark.parametrize("new_first", [True, False], ids=["new-first", "unload-first"])
+def test_the_old_model_is_already_freed_when_the_manager_gives_memory_back(engine, new_first, monkeypatch):
+    """The cause of the growth the RSS test above measures: a trim while anything still holds the old
+    model gives nothing back, and nothing trims after it is freed. Checked directly, on tiny models."""
+    monkeypatch.setattr(manager_module, "load_new_first", lambda available, needed: new_first)
+    old_unet = weakref.ref(models_of(engine).loaded.base.unet)
+    alive_at_trim: list[bool] = []
+    real_free_memory = manager_module.free_memory
+
+    def watched_free_memory():
+        alive_at_trim.append(old_unet() is not None)
+        real_free_memory()
+
+    monkeypatch.setattr(manager_module, "free_memory", watched_free_memory)
+    engine.select_checkpoint(TINY_SD2_V)
+    assert alive_at_trim == [False], "the manager trimmed the heap while the old model was still held"
+    assert models_of(engine).active.title == TINY_SD2_V
