@@ -9,6 +9,9 @@ everything its callers need is one of its methods (or a small typed value it ret
 - the model manager (app.models.manager): the active checkpoint, its VAE, the upscalers in memory;
 - the registry (app.models.registry): what is in the models folders;
 - the output store (app.images.store): the outputs folder.
+
+Longer than 300 lines because it is the one door: every feature's entry point is one short method
+here, and splitting the facade would give the UI and the API two doors.
 """
 
 import threading
@@ -16,16 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from PIL import Image
 
-from app.devices import DeviceOptions, plan_device
+from app.devices import DeviceOptions, MemoryMode, plan_device
 from app.errors import ModelNotFound
 from app.generation import samplers
+from app.generation.hires import check_upscaler, hires_upscaler_names, second_pass, second_pass_steps
 from app.generation.infotext import PngInfo, png_info
+from app.generation.job_networks import text_width
 from app.generation.outputs import OutputWriter
 from app.generation.requests import GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
 from app.generation.runner import GenerationRunner
+from app.generation.safety import SafetyFilter
+from app.generation.styles import Style, StyleBook, with_styles
 from app.generation.upscale import SD_X4_PREFIX, UpscalerChoice, UpscaleRequest, output_size, resampler_choices
 from app.generation.upscaling import UpscaleRunner
 from app.hardware import HardwareFacts, probe_hardware
@@ -34,12 +42,14 @@ from app.job_queue import JobQueue
 from app.jobs import Job
 from app.kinds import JobKind, UpscalerKind
 from app.memory import trim_heap
-from app.models.catalog import CatalogEntry, load_catalog
+from app.models.catalog import CatalogEntry, load_catalog, load_helpers
 from app.models.demo import DEMO_MODEL_NAME, save_demo_model
 from app.models.detect import Prediction
-from app.models.download import DownloadProgress, download_model
+from app.models.download import DownloadProgress, download_helper, download_model
 from app.models.manager import ModelManager
+from app.models.network_library import EmbeddingsReport, LoraEntry, NetworkFolders, NetworkLibrary
 from app.models.registry import ModelEntry, ModelFolders, ModelRegistry, VaeEntry
+from app.models.safety_checker import SAFETY_CHECKER_ID, SafetyCheckerSlot
 from app.models.upscalers import UpscalerEntry
 from app.settings import Settings
 
@@ -59,7 +69,12 @@ class Engine:
         self._registry = models.registry
         self._store = store
         writer = OutputWriter(store, watermark=settings.watermark)
-        self._generation = GenerationRunner(models, writer, preview_every=settings.preview_every)
+        self._styles = StyleBook(settings.styles_file)
+        self._safety = safety_filter(settings, models)
+        self._networks = NetworkLibrary(self._registry.models_dir, settings.cache_dir / "network-facts.json")
+        self._networks.refresh_loras()
+        self._generation = GenerationRunner(models, writer, preview_every=settings.preview_every, safety=self._safety,
+                                            networks=self._networks)
         self._upscaling = UpscaleRunner(models, writer)
         # When the queue runs dry, what the last job freed (activations, decoded pictures) goes back to
         # the system (a few ms): otherwise the C heap keeps it, and a swap after a job looks like growth.
@@ -72,11 +87,15 @@ class Engine:
         """Validate and queue; raises InvalidRequest (or ModelNotFound) at once for a request that cannot run.
 
         `owner` is who asked (a user name or address): the queue takes turns between owners."""
-        request = request.validated()
+        request = with_styles(request, self._styles).validated()
         if request.model is not None:
             request.model = self._registry.find(request.model).title  # unknown names fail now, not later
+        check_upscaler(request, self.upscalers())
         strength = request.strength if request.is_img2img else 1.0
         cost = request.steps * strength * request.batch_size * request.width * request.height / 512**2
+        if request.enable_hr:  # the second pass: fewer steps, more pixels
+            width, height = request.hires_size
+            cost += second_pass_steps(second_pass(request)) * request.batch_size * width * height / 512**2
         return self._queue.submit(Job(request, request.kind, owner, turns=request.batch_count, turn_cost=cost))
 
     def generate(self, request: GenerationRequest, timeout: float | None = None) -> GenerationResult:
@@ -186,6 +205,26 @@ class Engine:
     def model_folders(self) -> ModelFolders:
         return self._registry.folders
 
+    # --- LoRAs and textual-inversion embeddings ---------------------------------------------
+
+    def loras(self) -> list[LoraEntry]:
+        """The LoRA files (models/Lora/), usable ones first; the others carry the reason."""
+        return self._networks.loras
+
+    def refresh_loras(self) -> list[LoraEntry]:
+        """Scan the LoRA folders again."""
+        return self._networks.refresh_loras()
+
+    def embeddings(self) -> EmbeddingsReport:
+        """The embedding files, read again where changed, split as A1111 does for the active model:
+        loaded (fit its text encoder), skipped (another width), and files that are no embedding."""
+        self._networks.refresh_embeddings()
+        loaded = self._models.loaded
+        return self._networks.embeddings_for(text_width(loaded.base.text_encoder) if loaded else None)
+
+    def network_folders(self) -> NetworkFolders:
+        return self._networks.folders
+
     # --- upscalers --------------------------------------------------------------------------
 
     def upscalers(self) -> list[UpscalerChoice]:
@@ -199,6 +238,10 @@ class Engine:
             for entry in self._registry.x4_upscalers()
         ]
         return [*resampler_choices(), *networks, *diffusion]
+
+    def hires_upscalers(self) -> list[str]:
+        """What hires fix can upscale with: A1111's latent upscalers, then the Upscale tab's but SD x4."""
+        return hires_upscaler_names(self.upscalers())
 
     def unusable_upscalers(self) -> list[UpscalerEntry]:
         """Files in the upscaler folder that cannot be used, each with the reason."""
@@ -235,6 +278,32 @@ class Engine:
         self._registry.refresh()
         return self._registry.find(path.name)
 
+    # --- saved styles and the safety filter -------------------------------------------------
+
+    def styles(self) -> list[Style]:
+        """The saved styles (styles.csv), in the file's order; none while the file is malformed."""
+        return self._styles.styles()
+
+    def styles_problem(self) -> str | None:
+        """Why the styles file gives no styles (a sentence naming the line to fix), or None."""
+        return self._styles.problem()
+
+    def save_style(self, name: str, prompt: str, negative_prompt: str) -> Style:
+        """Save the prompts as a style; one of the same name is replaced, the others kept."""
+        return self._styles.save(Style(name, prompt, negative_prompt))
+
+    def apply_styles(self, prompt: str, negative_prompt: str, names: list[str]) -> tuple[str, str]:
+        """The prompts with the named styles applied, as a generation would (InvalidRequest: unknown name)."""
+        expanded = with_styles(GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, styles=names), self._styles)
+        return expanded.prompt, expanded.negative_prompt
+
+    def safety_filter_on(self) -> bool:
+        return self._safety.enabled
+
+    def set_safety_filter(self, on: bool) -> None:
+        """Blur what the safety checker flags in every picture made from now on (everyone's)."""
+        self._safety.set_enabled(on)
+
     def sampler_names(self) -> list[str]:
         return samplers.sampler_names()
 
@@ -244,6 +313,7 @@ class Engine:
     def close(self) -> None:
         self._queue.close()
         self._models.close()
+        self._safety.release()
 
     def _run(self, job: Job):
         if job.kind is JobKind.UPSCALE:
@@ -268,6 +338,15 @@ def model_manager(settings: Settings, facts: HardwareFacts | None = None) -> Mod
     registry = ModelRegistry(settings.models_dir, extra_roots, cache_file=settings.cache_dir / "model-facts.json")
     registry.refresh()
     return ModelManager(registry, plan_device(facts, options), facts, settings.model_configs_dir)
+
+
+def safety_filter(settings: Settings, models: ModelManager) -> SafetyFilter:
+    """The safety filter for these settings; its checker is loaded (and fetched) only on first use."""
+    helper = next(entry for entry in load_helpers() if entry.id == SAFETY_CHECKER_ID)
+    on_gpu = models.plan.memory_mode is MemoryMode.FULL  # else the GPU is kept for the checkpoint
+    slot = SafetyCheckerSlot(helper, settings.models_dir / helper.folder, models.plan.device if on_gpu else "cpu",
+                             models.plan.dtype if on_gpu else torch.float32, fetch=download_helper)
+    return SafetyFilter(slot, enabled=settings.safety_filter)
 
 
 def create_engine(settings: Settings, facts: HardwareFacts | None = None) -> Engine:

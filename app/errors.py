@@ -29,6 +29,10 @@ class NoModelAvailable(EaselError):
     """There is no checkpoint to generate with."""
 
 
+class HelperModelMissing(NoModelAvailable):
+    """A model a feature needs (the safety checker) is not in its folder and could not be fetched."""
+
+
 class ModelLoadError(EaselError):
     """A checkpoint exists but could not be loaded (corrupt, unsupported, unsafe)."""
 

@@ -37,6 +37,8 @@ class Settings:
     insecure: bool = False           # --listen without any password, knowingly
     access_file: Path = Path("access-password.txt")  # the generated --listen password, hashed
     max_upload_mb: int = 50
+    styles_file: Path = Path("styles.csv")  # A1111's saved styles (name,prompt,negative_prompt)
+    safety_filter: bool = False      # blur what the CompVis safety checker flags
 
     @property
     def demo_models_dir(self) -> Path:

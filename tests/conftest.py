@@ -19,10 +19,18 @@ import pytest
 from app.engine import Engine, model_manager
 from app.hardware import HardwareFacts
 from app.images.store import OutputStore
+from app.memory import freeze_imports
 from app.models.families import Family
 from app.models.manager import ModelManager
 from app.settings import load_settings
 from tools.tiny_models import save_tiny_configs, save_tiny_model
+
+
+def pytest_collection_finish(session):
+    """As launch.py does: the imports' objects out of the collector's sight, so the many model swaps
+    in the tests do not each walk them (no model exists yet at this point)."""
+    freeze_imports()
+
 
 TINY_SD1 = "tiny-sd15"
 TINY_SD2_V = "tiny-sd21-v"
@@ -51,6 +59,7 @@ def make_settings(tmp_path: Path, models_dir: Path, **overrides):
             "models_dir": str(models_dir),
             "outputs_dir": str(tmp_path / "outputs"),
             "cache_dir": str(tmp_path / "cache"),
+            "styles_file": str(tmp_path / "styles.csv"),  # never the app folder's own
             "device": "cpu",
             "open_browser": False,
             **overrides,

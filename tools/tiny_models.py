@@ -13,6 +13,7 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
+    StableDiffusionDepth2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
@@ -30,6 +31,8 @@ def tiny_pipeline(family: Family = Family.SD1, seed: int = 0):
         return _tiny_inpaint(family, seed)
     if family is Family.X4_UPSCALER:
         return _tiny_upscaler(seed)
+    if family.is_depth:
+        return _tiny_depth(seed)
     if family is Family.SD1:
         return tiny_sd1_pipeline(seed)
     torch.manual_seed(seed)
@@ -66,6 +69,48 @@ def _tiny_inpaint(family: Family, seed: int) -> StableDiffusionInpaintPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def _tiny_depth(seed: int) -> StableDiffusionDepth2ImgPipeline:
+    """SD 2 depth, tiny: the SD 2 base model with a UNet taking the depth map as a fifth channel.
+    No estimator inside, as Easel loads it (see `save_tiny_depth_estimator`)."""
+    base = tiny_pipeline(Family.SD2, seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 5}).eval()
+    return StableDiffusionDepth2ImgPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=unet,
+        scheduler=base.scheduler,
+        depth_estimator=None,
+        feature_extractor=None,
+    )
+
+
+def save_tiny_depth_estimator(folder: Path, seed: int = 0) -> Path:
+    """A tiny random DPT depth estimator (the plain ViT DPT, not the hybrid: same classes and
+    outputs as Intel/dpt-hybrid-midas) and its image processor, saved as a folder in safetensors."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 16, 32],
+        fusion_hidden_size=16, is_hybrid=False, head_in_index=-1,
+    )
+    model = DPTForDepthEstimation(config).eval()
+    with torch.no_grad():
+        # With transformers' small init the map comes out ~1e-7 everywhere, and its final ReLU zeroes
+        # most of it: He-initialised convolutions give a map with a real range, lifted above zero.
+        for conv in (m for m in [*model.neck.modules(), *model.head.modules()] if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.normal_(0.0, (2.0 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])) ** 0.5)
+            if conv.bias is not None:
+                conv.bias.zero_()
+        model.head.head[-2].bias.fill_(5.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return Path(folder)
 
 
 def _tiny_upscaler(seed: int) -> StableDiffusionUpscalePipeline:
@@ -121,7 +166,11 @@ def save_tiny_configs(root: Path, seed: int = 0) -> Path:
         folder = Path(root) / name
         if (folder / "model_index.json").is_file():
             continue
-        tiny_pipeline(family, seed).save_pretrained(folder, safe_serialization=True)
+        pipe = tiny_pipeline(family, seed)
+        if family.is_depth:  # its folder is read by the text-to-image single-file loader (app.models.loader)
+            parts = {part: pipe.components[part] for part in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+            pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(folder, safe_serialization=True)
         for weights in folder.rglob("*.safetensors"):
             weights.unlink()
     return Path(root)

@@ -12,7 +12,7 @@ from ui.pnginfo import PngInfoTab, build_pnginfo_tab
 from ui.runner import page_error
 from ui.txt2img import build_txt2img_tab
 from ui.upscale import UpscaleTab, build_upscale_tab
-from ui.widgets import FIELDS, GenerationControls, ResultsPanel
+from ui.widgets import GenerationControls, ResultsPanel, pasted_values
 
 TITLE = "Easel"
 TXT2IMG_TAB, IMG2IMG_TAB, UPSCALE_TAB, PNGINFO_TAB, HISTORY_TAB = "txt2img", "img2img", "upscale", "pnginfo", "history"
@@ -92,23 +92,23 @@ def wire_send_to_upscale(results: ResultsPanel, upscale: UpscaleTab, tabs: gr.Ta
     )
 
 
-def _control_updates(fields: dict) -> list:
-    """One update per generation control: the value read from a PNG, or unchanged."""
-    return [fields[name] if name in fields else gr.skip() for name in FIELDS]
+def _control_updates(fields: dict, controls: GenerationControls) -> list:
+    """One update per generation control: the value read from a PNG, off (hires, variation), or unchanged."""
+    return pasted_values(fields, controls.names())
 
 
 def wire_pnginfo(pnginfo: PngInfoTab, txt2img: GenerationControls, img2img: Img2ImgTab, tabs: gr.Tabs) -> None:
     """PNG info's send buttons: the parameters into a tab's settings (and the picture into img2img)."""
 
     def to_txt2img(fields: dict):
-        return *_control_updates(fields or {}), gr.Tabs(selected=TXT2IMG_TAB)
+        return *_control_updates(fields or {}, txt2img), gr.Tabs(selected=TXT2IMG_TAB)
 
     def to_img2img(picture, fields: dict):
         if picture is None:
             raise page_error("Drop a picture on PNG info first.")
         strength = (fields or {}).get("strength", gr.skip())
         return (
-            *_control_updates(fields or {}), picture, strength,
+            *_control_updates(fields or {}, img2img.controls), picture, strength,
             gr.Tabs(selected=IMG2IMG_TAB), gr.Tabs(selected=UPLOAD), UPLOAD,
         )
 

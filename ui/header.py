@@ -10,6 +10,7 @@ from app.models.download import DownloadProgress
 from app.models.families import Family
 from app.models.registry import ModelEntry
 from ui.runner import page_error, user_message
+from ui.safety import safety_switch
 
 AUTOMATIC_VAE = "Automatic"
 PREDICTIONS = {"v-prediction (SD 2.x 768)": Prediction.V, "epsilon (SD 2.x base 512)": Prediction.EPSILON}
@@ -111,6 +112,7 @@ def build_header(engine: Engine) -> None:
             start = gr.Button("Download", variant="primary", elem_id="download-start")
             stop = gr.Button("Cancel download", elem_id="download-cancel")
         download_status = gr.Markdown("", elem_id="download-status")
+    safety_switch(engine)
     cancel_event = gr.State(None)
 
     def select(title: str | None):

@@ -11,6 +11,8 @@ from app.generation.requests import ONLY_MASKED, WHOLE_PICTURE, GenerationReques
 from app.images.transform import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, mask_from_layer
 from app.preferences import Preferences
 from ui import runner
+from ui.networks import networks_section
+from ui.styles import remember_styles, styles_section
 from ui.widgets import GenerationControls, ResultsPanel, remembered, request_fields, results_column, settings_column
 
 SECTION = "img2img"
@@ -85,7 +87,15 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
                     list(RESIZE_LABELS), value="Just resize", label="Otherwise, to width x height:",
                     elem_id="img2img-resize-mode",
                 )
+            with gr.Accordion("Depth map (SD 2 depth models only)", open=False, elem_id="img2img-depth"):
+                depth_map = gr.Image(
+                    label="Depth map: greyscale, lighter is nearer. Empty: estimated from the picture",
+                    type="pil", image_mode=None, sources=("upload", "clipboard"), height=240,
+                    elem_id="img2img-depth-map",
+                )
             controls = settings_column(engine, SECTION, values, preferences)
+            styles = styles_section(engine, SECTION, controls, preferences)
+            networks_section(engine, SECTION, controls)
         with gr.Column(scale=5):
             generate, results = results_column(SECTION, job, controls)
 
@@ -94,21 +104,26 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
     new_canvas.click(blank_canvas, inputs=[controls.width, controls.height], outputs=sketch, queue=False, api_visibility="private")
 
     def run(chosen, uploaded, drawn, painted, strength_value, use_picture_size, resize_label, blur, area_label,
-            padding_value, *values, progress=gr.Progress(), request: gr.Request = None):
+            padding_value, depth_picture, *values, progress=gr.Progress(), request: gr.Request = None):
+        *values, chosen_styles = values  # the styles come last: API callers of the page may leave them out
         fields = request_fields(list(values))
         preferences.remember(SECTION, fields)
+        remember_styles(preferences, SECTION, chosen_styles)
+        fields["styles"] = list(chosen_styles or [])
         picture, mask = _picture_and_mask(chosen, uploaded, drawn, painted)
         if use_picture_size:
             fields.update(width=None, height=None)
         generation = GenerationRequest(
             **fields, init_image=picture, strength=strength_value, resize_mode=RESIZE_LABELS[resize_label],
             mask=mask, mask_blur=blur, inpaint_area=AREA_LABELS[area_label], masked_padding=padding_value,
+            depth_map=depth_picture if mask is None else None,  # inpainting paints without one
         )
         yield from runner.generate(engine, generation, progress, runner.owner_of(request))
 
     generate.click(
         run,
-        inputs=[mode, upload, sketch, inpaint, strength, keep_size, resize_mode, mask_blur, area, padding, *controls.inputs()],
+        inputs=[mode, upload, sketch, inpaint, strength, keep_size, resize_mode, mask_blur, area, padding, depth_map,
+                *controls.inputs(), styles],
         outputs=[job, *results.outputs()],
         api_name="img2img",
         concurrency_id="generate",

@@ -5,19 +5,26 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.engine import Engine
-from app.generation.requests import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from app.generation.requests import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from app.generation.samplers import AUTOMATIC, DEFAULT_SAMPLER
 from ui import runner
+from ui.hires import HIRES_DEFAULTS, HIRES_FIELDS, HiresControls, hires_section
 
 # The fields of the generation settings, in the order their components are passed to handlers.
 FIELDS = (
     "prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg_scale",
     "width", "height", "seed", "batch_count", "batch_size",
+    "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",  # the seed's "Extra"
 )
 DEFAULTS = {
     "prompt": "", "negative_prompt": "", "sampler": DEFAULT_SAMPLER, "schedule": AUTOMATIC, "steps": 20,
     "cfg_scale": 7.0, "width": 512, "height": 512, "seed": -1, "batch_count": 1, "batch_size": 1,
+    "subseed": -1, "subseed_strength": 0.0, "seed_resize_from_w": 0, "seed_resize_from_h": 0,
+    **HIRES_DEFAULTS,
 }
+# What pasting parameters (PNG info) sets when the text does not say: off, as A1111 pastes them.
+PASTE_DEFAULTS = {key: DEFAULTS[key] for key in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+                                                 *HIRES_FIELDS) if key != "strength"}
 SIZE_PRESETS = ["512x512", "768x768", "512x768", "768x512", "640x448", "448x640", "1024x576", "576x1024"]
 
 
@@ -34,15 +41,31 @@ class GenerationControls:
     seed: gr.Number
     batch_count: gr.Slider
     batch_size: gr.Slider
+    subseed: gr.Number
+    subseed_strength: gr.Slider
+    seed_resize_from_w: gr.Slider
+    seed_resize_from_h: gr.Slider
     reuse_seed: gr.Button      # wired by `wire_reuse_seed`, which knows the results
+    hires: HiresControls | None = None  # text to image only
+
+    def names(self) -> tuple[str, ...]:
+        """The request field of each of `inputs()`, in order."""
+        return FIELDS + (HIRES_FIELDS if self.hires else ())
 
     def inputs(self) -> list:
-        return [getattr(self, name) for name in FIELDS]
+        return [getattr(self, name) for name in FIELDS] + (self.hires.inputs() if self.hires else [])
 
 
 def request_fields(values: list) -> dict:
-    """The GenerationRequest fields for the values of `GenerationControls.inputs()`."""
-    return dict(zip(FIELDS, values))
+    """The GenerationRequest fields for the values of `GenerationControls.inputs()` (hires fix's
+    come after the common ones, in the tab that has them)."""
+    return dict(zip(FIELDS + HIRES_FIELDS, values))
+
+
+def pasted_values(fields: dict, names: tuple[str, ...]) -> list:
+    """One value per control for parameters read from a picture: what it says, else off for hires
+    fix and variations (as A1111 pastes), else unchanged."""
+    return [fields.get(name, PASTE_DEFAULTS.get(name, gr.skip())) for name in names]
 
 
 def remembered(saved: dict) -> dict:
@@ -70,7 +93,7 @@ def prompt_boxes(tab: str, values: dict) -> tuple[gr.Textbox, gr.Textbox]:
     return prompt, negative
 
 
-def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict) -> GenerationControls:
+def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict, hires: bool = False) -> GenerationControls:
     samplers = engine.sampler_names()
     with gr.Row():
         sampler = gr.Dropdown(
@@ -96,6 +119,17 @@ def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict
         seed = gr.Number(value=values["seed"], precision=0, label="Seed", info="-1 picks a random seed", elem_id=f"{tab}-seed")
         random_seed = gr.Button("Random", scale=0, min_width=80, elem_id=f"{tab}-seed-random")
         reuse_seed = gr.Button("Reuse last", scale=0, min_width=100, elem_id=f"{tab}-seed-reuse")
+    with gr.Accordion("Extra", open=bool(values["subseed_strength"]), elem_id=f"{tab}-seed-extra"):
+        with gr.Row(equal_height=True):
+            subseed = gr.Number(value=values["subseed"], precision=0, minimum=-1, maximum=MAX_SEED,
+                                label="Variation seed", info="-1 picks a random one", elem_id=f"{tab}-subseed")
+            subseed_strength = gr.Slider(0, 1, value=values["subseed_strength"], step=0.01, label="Variation strength",
+                                         info="0: the seed's picture; 1: the variation seed's", elem_id=f"{tab}-subseed-strength")
+        with gr.Row():
+            resize_w = gr.Slider(0, MAX_SIZE, value=values["seed_resize_from_w"], step=8, label="Resize seed from width",
+                                 info="0: off. The seed's noise as at this size", elem_id=f"{tab}-seed-resize-w")
+            resize_h = gr.Slider(0, MAX_SIZE, value=values["seed_resize_from_h"], step=8, label="Resize seed from height",
+                                 info="0: off", elem_id=f"{tab}-seed-resize-h")
     with gr.Row():
         batch_count = gr.Slider(
             1, MAX_BATCH_COUNT, value=values["batch_count"], step=1, label="Batch count",
@@ -107,9 +141,11 @@ def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict
         )
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False, api_visibility="private")
     preset.input(_preset_size, inputs=preset, outputs=[width, height], queue=False, api_visibility="private")
+    hires_controls = hires_section(engine, tab, values) if hires else None
     random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     return GenerationControls(
-        prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_count, batch_size, reuse_seed
+        prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_count, batch_size,
+        subseed, subseed_strength, resize_w, resize_h, reuse_seed, hires_controls,
     )
 
 
@@ -183,16 +219,16 @@ def reset_button(controls: GenerationControls, preferences, section: str) -> gr.
 
     def reset():
         preferences.forget(section)
-        return [DEFAULTS[name] for name in FIELDS]
+        return [DEFAULTS[name] for name in controls.names()]
 
     button.click(reset, outputs=controls.inputs(), queue=False, api_visibility="private")
     return button
 
 
-def settings_column(engine: Engine, section: str, values: dict, preferences) -> GenerationControls:
-    """Prompt boxes, generation settings and the reset button of a tab."""
+def settings_column(engine: Engine, section: str, values: dict, preferences, hires: bool = False) -> GenerationControls:
+    """Prompt boxes, generation settings (with hires fix's when `hires`) and the reset button of a tab."""
     prompt, negative = prompt_boxes(section, values)
-    controls = generation_controls(engine, section, prompt, negative, values)
+    controls = generation_controls(engine, section, prompt, negative, values, hires)
     reset_button(controls, preferences, section)
     return controls
 

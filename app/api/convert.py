@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from app.api.schemas import ExtraSingleImageRequest, Img2ImgRequest, Txt2ImgRequest
 from app.errors import InvalidRequest
 from app.generation.a1111 import api_fields, api_request_fields
-from app.generation.requests import MAX_INIT_PIXELS, ONLY_MASKED, WHOLE_PICTURE, GenerationRequest
+from app.generation.requests import MAX_INIT_PIXELS, MAX_SEED, ONLY_MASKED, WHOLE_PICTURE, GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
 from app.generation.upscale import LANCZOS, UpscaleRequest
 from app.images.metadata import png_pnginfo
@@ -31,7 +31,14 @@ NO_UPSCALER = "None"
 _REQUEST_FIELDS = {
     "prompt", "negative_prompt", "sampler_name", "sampler_index", "scheduler", "steps", "cfg_scale", "width",
     "height", "seed", "n_iter", "batch_size", "override_settings", "save_images",
+    "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
 }
+# Text to image only; its denoising strength is hires fix's (A1111's default 0.7 when not sent).
+_HIRES_FIELDS = {
+    "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
+    "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength",
+}
+HIRES_DENOISING = 0.7
 
 
 def decoded_image(data: object, what: str = "image") -> Image.Image:
@@ -80,24 +87,29 @@ def encoded_png(image: Image.Image, parameters: str | None) -> str:
 def unsupported(request: Txt2ImgRequest) -> None:
     """Refuse what A1111 would do and Easel does not, rather than return a different picture."""
     refusals = {
-        "enable_hr": "Hires fix (enable_hr) is not available yet: generate, then upscale with /sdapi/v1/extra-single-image.",
         "restore_faces": "Face restoration (restore_faces) is not available in Easel.",
         "tiling": "Tiling (seamless textures) is not available in Easel yet.",
-        "styles": "Saved styles are not available in Easel: put the style's words in the prompt.",
         "script_name": "Scripts are not available in Easel.",
         "alwayson_scripts": "Extensions' scripts (alwayson_scripts) are not available in Easel.",
     }
     for name, message in refusals.items():
         if getattr(request, name, None):
             raise InvalidRequest(message)
-    if request.subseed_strength:
-        raise InvalidRequest("Variation seeds (subseed_strength) are not available in Easel yet. Send 0.")
 
 
 def generation_request(request: Txt2ImgRequest) -> GenerationRequest:
     unsupported(request)
-    fields = _REQUEST_FIELDS | ({"denoising_strength"} if isinstance(request, Img2ImgRequest) else set())
-    return GenerationRequest(**api_request_fields(request.model_dump(include=fields)))
+    if isinstance(request, Img2ImgRequest):
+        fields = _REQUEST_FIELDS | {"denoising_strength", "enable_hr"}  # enable_hr: refused with a sentence
+    elif request.enable_hr:
+        fields = _REQUEST_FIELDS | _HIRES_FIELDS
+        if request.denoising_strength is None:
+            request = request.model_copy(update={"denoising_strength": HIRES_DENOISING})
+    else:
+        fields = _REQUEST_FIELDS
+    base = GenerationRequest(**api_request_fields(request.model_dump(include=fields)))
+    base.styles = list(request.styles or [])  # names from /sdapi/v1/prompt-styles; the Engine expands them
+    return base
 
 
 def img2img_request(request: Img2ImgRequest) -> GenerationRequest:
@@ -137,8 +149,10 @@ def upscale_request(request: ExtraSingleImageRequest) -> UpscaleRequest:
     return UpscaleRequest(image=image, scale=scale, upscaler=name, save=False)
 
 
-def generation_info(result: GenerationResult, request: GenerationRequest, model_name: str | None) -> str:
-    """A1111's `info` JSON for a generation."""
+def generation_info(result: GenerationResult, request: GenerationRequest, model_name: str | None,
+                    styles: list[str] | None = None) -> str:
+    """A1111's `info` JSON for a generation; `styles`: the names the client chose (the prompts are
+    already expanded)."""
     count = len(result.images)
     return json.dumps({
         **api_fields(request),
@@ -146,14 +160,15 @@ def generation_info(result: GenerationResult, request: GenerationRequest, model_
         "all_negative_prompts": [request.negative_prompt] * count,
         "seed": result.images[0].seed if result.images else request.seed,
         "all_seeds": result.seeds,
-        "subseed": -1,
-        "all_subseeds": [-1] * count,
-        "subseed_strength": 0,
+        "subseed": request.subseed,
+        # Each image's variation seed goes with its seed (subseed + i with seed + i), skipped images too.
+        "all_subseeds": [(request.subseed + seed - request.seed) % (MAX_SEED + 1) for seed in result.seeds],
+        "subseed_strength": request.subseed_strength,
         "restore_faces": False,
         "sd_model_name": model_name,
         "index_of_first_image": 0,
         "infotexts": [image.parameters for image in result.images],
-        "styles": [],
+        "styles": list(styles or []),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "is_using_inpainting_conditioning": False,
         "interrupted": result.interrupted,

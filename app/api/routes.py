@@ -14,6 +14,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import convert
+from app.api.networks import add_network_routes
 from app.api.schemas import (
     ErrorResponse,
     ExtraSingleImageRequest,
@@ -24,6 +25,7 @@ from app.api.schemas import (
     PngInfoResponse,
     ProgressResponse,
     ProgressState,
+    PromptStyle,
     Sampler,
     Scheduler,
     SdModel,
@@ -150,7 +152,7 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
         parameters = body.model_dump(exclude={"init_images", "mask"})
         model = result.model.name if result.model else None
         return GenerationResponse(images=images, parameters=parameters,
-                                  info=convert.generation_info(result, job.request, model))
+                                  info=convert.generation_info(result, job.request, model, body.styles))
 
     @router.post("/txt2img", response_model=GenerationResponse)
     def txt2img(body: Txt2ImgRequest, owner: str = Depends(caller)):
@@ -212,6 +214,12 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
                 raise InvalidRequest("sd_model_checkpoint must be a checkpoint title from /sdapi/v1/sd-models.")
             engine.select_checkpoint(title)
 
+    @router.get("/prompt-styles", response_model=list[PromptStyle])
+    def prompt_styles():
+        """The saved styles (styles.csv); their names go in `styles` of txt2img and img2img."""
+        return [PromptStyle(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+                for style in engine.styles()]
+
     @router.get("/samplers", response_model=list[Sampler])
     def samplers():
         return [Sampler(name=name, aliases=[], options={}) for name in engine.sampler_names()]
@@ -261,6 +269,7 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
         """Ends the current batch of the caller's running job; its next batch goes on."""
         engine.skip(owner)
 
+    add_network_routes(router, engine)
     return router
 
 

@@ -34,6 +34,17 @@ class Txt2ImgRequest(_Lenient):
     restore_faces: bool | None = None
     tiling: bool | None = None
     enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None         # None: "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None     # None or "Use same sampler": the first pass's
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     script_name: str | None = None
@@ -102,6 +113,32 @@ class SdModel(BaseModel):
     sha256: str | None
     filename: str
     config: str | None = None
+
+
+class PromptStyle(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class Lora(BaseModel):
+    name: str
+    alias: str
+    path: str          # relative to the models folder: the server's own folders are not the client's business
+    metadata: dict[str, Any]
+
+
+class Embedding(BaseModel):
+    step: int | None
+    sd_checkpoint: str | None
+    sd_checkpoint_name: str | None
+    shape: int         # the vector width: 768 SD 1.x, 1024 SD 2.x
+    vectors: int       # how many tokens it stands for
+
+
+class Embeddings(BaseModel):
+    loaded: dict[str, Embedding]
+    skipped: dict[str, Embedding]
 
 
 class Sampler(BaseModel):

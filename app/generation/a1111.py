@@ -66,7 +66,24 @@ FIELDS = (
     Field("strength", "Denoising strength", "denoising_strength", _number),
     Field("batch_size", None, "batch_size"),
     Field("batch_count", None, "n_iter"),
+    # Variation seeds ("Variation seed" is per image: the runner writes it through `extra`).
+    Field("subseed", "Variation seed", "subseed"),
+    Field("subseed_strength", "Variation seed strength", "subseed_strength", _number),
+    Field("seed_resize_from_w", "Seed resize from-1", "seed_resize_from_w"),
+    Field("seed_resize_from_h", "Seed resize from-2", "seed_resize_from_h"),
+    # Hires fix; any of its keys in an infotext turns it on (`request_fields`).
+    Field("enable_hr", None, "enable_hr"),
+    Field("hr_scale", "Hires upscale", "hr_scale", _number),
+    Field("hr_resize_x", "Hires resize-1", "hr_resize_x"),
+    Field("hr_resize_y", "Hires resize-2", "hr_resize_y"),
+    Field("hr_upscaler", "Hires upscaler", "hr_upscaler", _text),
+    Field("hr_second_pass_steps", "Hires steps", "hr_second_pass_steps"),
+    Field("hr_sampler_name", "Hires sampler", "hr_sampler_name", _text),
+    Field("hr_scheduler", "Hires schedule type", "hr_scheduler", _text),
+    Field("hr_prompt", "Hires prompt", "hr_prompt", _text),
+    Field("hr_negative_prompt", "Hires negative prompt", "hr_negative_prompt", _text),
 )
+HIRES_KEYS = ("Hires upscale", "Hires resize-1", "Hires upscaler")
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"
 CHECKPOINT_OPTION = "sd_model_checkpoint"
 API_DEFAULT_SAMPLER = "Euler"  # what A1111's API runs when a client names no sampler
@@ -76,8 +93,11 @@ API_DEFAULT_SAMPLER = "Euler"  # what A1111's API runs when a client names no sa
 
 
 def generation_info(request: GenerationRequest, seed: int, model_name: str | None, model_hash: str | None,
-                    vae_name: str | None, version: str) -> GenerationInfo:
-    """What to write into the PNG of one image of `request`, made with `seed`."""
+                    vae_name: str | None, version: str, extra: dict[str, object] | None = None) -> GenerationInfo:
+    """What to write into the PNG of one image of `request`, made with `seed`.
+
+    `extra`: the keys that only the run knows for this one image (its variation seed, the hashes
+    of the LoRA and embedding files it used, ...), written after the request's own."""
     return GenerationInfo(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -90,15 +110,46 @@ def generation_info(request: GenerationRequest, seed: int, model_name: str | Non
         height=request.height,
         model_name=model_name,
         model_hash=model_hash,
-        denoising_strength=request.strength if request.is_img2img else None,
+        denoising_strength=request.strength if request.is_img2img or request.enable_hr else None,
         clip_skip=request.clip_skip,
         extra={
             "VAE": vae_name,
             **_inpaint_keys(request),
+            **_hires_keys(request),
             "RNG": "CPU",  # noise comes from CPU generators, whatever the device
+            **(extra or {}),
         },
         version=version,
     )
+
+
+def variation_keys(request: GenerationRequest, subseed: int) -> dict[str, object]:
+    """A1111's variation keys for one image made with variation seed `subseed` (none when off)."""
+    resize = request.seed_resize_from
+    return {
+        "Variation seed": subseed if request.subseed_strength > 0 else None,
+        "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
+        "Seed resize from": f"{resize[0]}x{resize[1]}" if resize else None,
+    }
+
+
+def _hires_keys(request: GenerationRequest) -> dict[str, object]:
+    """A1111's hires keys ("Denoising strength" is a GenerationInfo field of its own)."""
+    if not request.enable_hr:
+        return {}
+    resize = request.hr_resize_x > 0 or request.hr_resize_y > 0
+    own_sampler = request.hr_sampler_name is not None and request.hr_sampler_name != request.sampler
+    own_schedule = request.hr_scheduler is not None and request.hr_scheduler != request.schedule
+    return {
+        "Hires upscale": None if resize else request.hr_scale,
+        "Hires resize": f"{request.hr_resize_x}x{request.hr_resize_y}" if resize else None,
+        "Hires steps": request.hr_second_pass_steps or None,
+        "Hires upscaler": request.hr_upscaler,
+        "Hires sampler": request.hr_sampler_name if own_sampler or own_schedule else None,
+        "Hires schedule type": request.hr_scheduler if own_sampler or own_schedule else None,
+        "Hires prompt": request.hr_prompt or None,
+        "Hires negative prompt": request.hr_negative_prompt or None,
+    }
 
 
 def _inpaint_keys(request: GenerationRequest) -> dict:
@@ -129,6 +180,8 @@ def request_fields(fields: dict[str, object]) -> dict[str, object]:
             if value is not None:
                 result[field.request] = value
     result.update(_sampler_fields(fields.get("Sampler"), _schedule_text(fields)))
+    if any(key in fields for key in HIRES_KEYS):
+        result["enable_hr"] = True
     return result
 
 
@@ -234,6 +287,6 @@ def api_fields(request: GenerationRequest) -> dict[str, object]:
         sampler_name=request.sampler,
         scheduler=request.schedule,
         clip_skip=request.clip_skip,
-        denoising_strength=request.strength if request.is_img2img else None,
+        denoising_strength=request.strength if request.is_img2img or request.enable_hr else None,
     )
     return fields

@@ -28,7 +28,7 @@ def _unchanged(picture: Image.Image) -> Image.Image:
 
 def prepared(request: GenerationRequest) -> Prepared:
     if not request.is_inpaint:
-        return Prepared(Canvas(image=request.init_image), _unchanged)
+        return Prepared(Canvas(image=request.init_image, depth_map=request.depth_map), _unchanged)
     original, soft = request.init_image, blurred_mask(request.mask, request.mask_blur)
     size = (request.width, request.height)
     box = masked_box(request.mask, request.masked_padding, size[0] / size[1]) if request.inpaint_area == ONLY_MASKED else None

@@ -8,9 +8,19 @@ generation in some far corner.
   callbacks tells a callback to set (the public `interrupt` property only reads it).
 - Where one module runs under sequential offload, accelerate's `_hf_hook.execution_device`: its
   weights wait on "meta" or the CPU and move layer by layer, so their device says nothing.
+- Where a layer's weight really is under sequential offload (LoRA patches it there): accelerate's
+  `_hf_hook.weights_map`, while the parameter itself waits on "meta".
+- Image-to-image with noise of our own (variation seeds), `prepare_latents`: the img2img pipeline
+  takes no `latents`, so for one call its instance gets a `prepare_latents` that does what
+  diffusers' does (VAE sample from each image's generator, then noise) with our noise; the
+  class, and every other pipeline, is untouched.
 """
 
+from contextlib import contextmanager
+from typing import Callable
+
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
 
 def execution_device(pipe) -> torch.device:
@@ -34,3 +44,50 @@ def module_execution_device(module: torch.nn.Module) -> torch.device:
         return device
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+# Makes a batch's starting noise from its images' generators (already used for the VAE sample),
+# in the latents' shape (channels, h, w) and dtype.
+NoiseMaker = Callable[[list[torch.Generator], tuple[int, int, int], torch.dtype], torch.Tensor]
+
+
+@contextmanager
+def img2img_noise(pipe, make_noise: NoiseMaker):
+    """Within the block, `pipe` (a StableDiffusionImg2ImgPipeline) noises its init latents with
+    `make_noise(generators, shape, dtype)` instead of drawing the noise itself. Mirrors diffusers'
+    own `prepare_latents` (0.42) step for step, so noise equal to the draw it replaces gives the
+    same pixels (tests/unit/test_noise.py checks it)."""
+
+    def prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):
+        image = image.to(device=device, dtype=dtype)
+        count = batch_size * num_images_per_prompt
+        generators = generator if isinstance(generator, list) else [generator] * count
+        if image.shape[0] < count:
+            image = torch.cat([image] * (count // image.shape[0]), dim=0)
+        if image.shape[1] == 4:  # latents already (hires fix)
+            init = image
+        else:
+            init = torch.cat([retrieve_latents(pipe.vae.encode(image[i : i + 1]), generator=generators[i]) for i in range(count)])
+            init = pipe.vae.config.scaling_factor * init
+        noise = make_noise(generators, tuple(init.shape[1:]), dtype).to(device=device, dtype=dtype)
+        return pipe.scheduler.add_noise(init, noise, timestep)
+
+    pipe.prepare_latents = prepare_latents  # this instance only
+    try:
+        yield pipe
+    finally:
+        del pipe.prepare_latents
+
+
+def stored_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The tensor that holds a layer's weight between runs, to change in place: the parameter, or
+    under sequential offload (parameter on "meta") the CPU copy in accelerate's hook."""
+    weight = module.weight
+    if weight.device.type != "meta":
+        return weight
+    hook = getattr(module, "_hf_hook", None)
+    for each in getattr(hook, "hooks", None) or [hook]:
+        weights_map = getattr(each, "weights_map", None)
+        if weights_map is not None:
+            return weights_map["weight"]
+    raise RuntimeError("this layer's weight is on no device and in no offload hook")

@@ -7,7 +7,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from app.generation.diffusers_internals import execution_device, stop_after_this_step
+from app.generation.depth import depth_arguments
+from app.generation.diffusers_internals import NoiseMaker, execution_device, img2img_noise, stop_after_this_step
 from app.generation.prompts import PromptEmbeddings
 from app.generation.requests import GenerationRequest
 
@@ -30,8 +31,9 @@ def generators_for(seeds: list[int]) -> list[torch.Generator]:
 class Canvas:
     """What the pipeline paints on: the init picture and the inpainting mask, at the size to run."""
 
-    image: Image.Image | None = None
+    image: Image.Image | list[Image.Image] | torch.Tensor | None = None  # a tensor: latents (hires fix)
     mask: Image.Image | None = None
+    depth_map: Image.Image | None = None  # SD 2 depth models: the user's depth map (None: estimated)
 
 
 def run_batch(
@@ -42,13 +44,16 @@ def run_batch(
     on_step: StepCallback,
     vae_float32: bool = False,
     canvas: Canvas | None = None,
+    noise: NoiseMaker | None = None,
 ) -> BatchImages:
-    """Images for `seeds` (one batch), with the pipeline's scheduler already set for this job."""
-    latents = denoised_latents(pipe, request, embeddings, seeds, on_step, canvas or Canvas())
+    """Images for `seeds` (one batch), with the pipeline's scheduler already set for this job.
+
+    `noise`: the starting noise (variation seeds); None lets diffusers draw it from the seeds."""
+    latents = denoised_latents(pipe, request, embeddings, seeds, on_step, canvas or Canvas(), noise)
     return decoded(pipe, latents, vae_float32)
 
 
-def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas) -> torch.Tensor:
+def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas, noise: NoiseMaker | None = None) -> torch.Tensor:
     def step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
         if on_step(step + 1, pipeline.num_timesteps, tensors["latents"]):
             stop_after_this_step(pipeline)
@@ -69,14 +74,23 @@ def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas) 
     if canvas.image is not None:
         # At least one step runs, so strength 0 returns the init image through the model, not an error.
         arguments.update(image=canvas.image, strength=max(request.strength, 1.0 / request.steps))
+        arguments.update(depth_arguments(pipe, canvas.depth_map))
     if canvas.mask is not None:
         # The inpaint pipeline ignores the input's size unless told.
         arguments.update(mask_image=canvas.mask, width=canvas.image.width, height=canvas.image.height)
     elif canvas.image is None:
         arguments.update(width=request.width, height=request.height)
+    if noise is not None and canvas.image is None:
+        # What diffusers would draw: (1, 4, h/8, w/8) per seed, in the text encoder's dtype.
+        shape = (4, request.height // 8, request.width // 8)
+        arguments.update(latents=noise(arguments["generator"], shape, embeddings.positive.dtype
+                                       if pipe.text_encoder is None else pipe.text_encoder.dtype))
     # no_grad, not inference_mode: offload hooks move weights during the call, and weights
     # touched in inference mode cannot be moved back to normal use (a step down the ladder).
     with torch.no_grad():
+        if noise is not None and canvas.image is not None:
+            with img2img_noise(pipe, noise):
+                return pipe(**arguments).images
         return pipe(**arguments).images
 
 

@@ -23,12 +23,14 @@ class OutputWriter:
         self._watermark = watermark
 
     def generated(self, request: GenerationRequest, model: ModelEntry, vae: VaeEntry | None, picture: Image.Image,
-                  seed: int) -> GeneratedImage:
-        """One picture of a generation, marked, described and (unless the request says not to) saved."""
+                  seed: int, extra: dict[str, object] | None = None) -> GeneratedImage:
+        """One picture of a generation, marked, described and (unless the request says not to) saved.
+
+        `extra`: infotext keys the run knows for this image only (see `a1111.generation_info`)."""
         if self._watermark:
             picture = apply_watermark(picture, watermark_for(model.family))
         vae_name = vae.path.stem if vae else None
-        parameters = infotext(generation_info(request, seed, model.name, model.model_hash, vae_name, VERSION))
+        parameters = infotext(generation_info(request, seed, model.name, model.model_hash, vae_name, VERSION, extra))
         path = self.store.save(picture, parameters, request.kind.output_category, seed) if request.save else None
         return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from app.generation.diffusers_internals import module_execution_device
+from app.generation.extra_networks import without_extra_networks
 from app.generation.prompt_syntax import is_break, parse_prompt_attention
+from app.generation.textual_inversion import EmbeddingLookup, vectors_in_place
 
 CHUNK_LENGTH = 75
 """Prompt tokens per chunk; with the start and end tokens a chunk fills CLIP's 77 positions."""
@@ -33,19 +35,25 @@ class PromptChunk:
 
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    # Embeddings in the chunk: (offset in `tokens`, vectors), whose placeholder tokens they replace.
+    fixes: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)  # their names, for the infotext's TI hashes
 
 
 @dataclass
 class PromptEmbeddings:
     positive: torch.Tensor  # (1, 77*k, hidden)
     negative: torch.Tensor  # (1, 77*k, hidden), same shape as positive
+    embeddings_used: tuple[str, ...] = ()  # textual-inversion embeddings the prompts named
 
 
-def prompt_chunks(tokenizer, prompt: str) -> tuple[list[PromptChunk], int]:
+def prompt_chunks(tokenizer, prompt: str, lookup: EmbeddingLookup | None = None) -> tuple[list[PromptChunk], int]:
     """The prompt's 75-token chunks and A1111's token count for it (the UI's "23/75").
 
     Follows A1111's `tokenize_line`: a chunk that would overflow ends after its last comma when
     that comma is within the last 20 tokens, so phrases are not cut in half; BREAK ends a chunk.
+    Extra-network tags (`<lora:…>`) are not CLIP's to see; an embedding's name (with `lookup`)
+    takes as many positions as it has vectors, all in one chunk.
     """
     comma = _comma_token_id(tokenizer)
     chunks: list[PromptChunk] = []
@@ -53,13 +61,15 @@ def prompt_chunks(tokenizer, prompt: str) -> tuple[list[PromptChunk], int]:
     last_comma = -1
     token_count = 0
 
-    for tokens, weight in _weighted_token_runs(tokenizer, prompt):
+    for tokens, weight in _weighted_token_runs(tokenizer, without_extra_networks(prompt)):
         if tokens is None:
             chunks.append(chunk)
             token_count += CHUNK_LENGTH
             chunk, last_comma = PromptChunk(), -1
             continue
-        for token in tokens:
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif (
@@ -68,21 +78,44 @@ def prompt_chunks(tokenizer, prompt: str) -> tuple[list[PromptChunk], int]:
                 and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK
             ):
                 cut = last_comma + 1
-                chunks.append(PromptChunk(chunk.tokens[:cut], chunk.weights[:cut]))
+                head, chunk = _split_chunk(chunk, cut)
+                chunks.append(head)
                 token_count += CHUNK_LENGTH
-                chunk, last_comma = PromptChunk(chunk.tokens[cut:], chunk.weights[cut:]), -1
+                last_comma = -1
             if len(chunk.tokens) == CHUNK_LENGTH:
                 chunks.append(chunk)
                 token_count += CHUNK_LENGTH
                 chunk, last_comma = PromptChunk(), -1
-            chunk.tokens.append(token)
-            chunk.weights.append(weight)
+            embedding, name_length = lookup.at(tokens, position) if lookup else (None, 0)
+            if embedding is None:
+                chunk.tokens.append(token)
+                chunk.weights.append(weight)
+                position += 1
+                continue
+            count = embedding.vectors.shape[0]
+            if len(chunk.tokens) + count > CHUNK_LENGTH:
+                chunks.append(chunk)
+                token_count += CHUNK_LENGTH
+                chunk, last_comma = PromptChunk(), -1
+            chunk.fixes.append((len(chunk.tokens), embedding.vectors))
+            chunk.used.append(embedding.name)
+            chunk.tokens += [0] * count  # placeholders (A1111's too): the vectors replace them
+            chunk.weights += [weight] * count
+            position += name_length
 
     # A trailing BREAK adds no empty chunk, but an empty prompt still gets one.
     if chunk.tokens or not chunks:
         chunks.append(chunk)
         token_count += len(chunk.tokens)
     return chunks, token_count
+
+
+def _split_chunk(chunk: PromptChunk, cut: int) -> tuple[PromptChunk, PromptChunk]:
+    """A chunk cut at a comma; embeddings after the cut move with their tokens."""
+    head = PromptChunk(chunk.tokens[:cut], chunk.weights[:cut], [f for f in chunk.fixes if f[0] < cut])
+    tail = PromptChunk(chunk.tokens[cut:], chunk.weights[cut:], [(o - cut, v) for o, v in chunk.fixes if o >= cut])
+    head.used, tail.used = chunk.used, []  # names are only counted, never positioned
+    return head, tail
 
 
 def count_tokens(tokenizer, prompt: str) -> tuple[int, int]:
@@ -127,30 +160,33 @@ def chunk_ids_and_weights(tokenizer, chunk: PromptChunk) -> tuple[list[int], lis
 
 
 def encode_prompt(
-    tokenizer, text_encoder, prompt: str, clip_skip: int = 1, min_chunks: int = 1
+    tokenizer, text_encoder, prompt: str, clip_skip: int = 1, min_chunks: int = 1,
+    lookup: EmbeddingLookup | None = None,
 ) -> torch.Tensor:
     """Embeddings (1, 77*k, hidden) of a prompt, k >= min_chunks, padded with empty chunks."""
-    chunks, _ = prompt_chunks(tokenizer, prompt)
+    chunks, _ = prompt_chunks(tokenizer, prompt, lookup)
     embeddings = [_chunk_embedding(tokenizer, text_encoder, chunk, clip_skip) for chunk in chunks]
     return _padded_to_chunks(tokenizer, text_encoder, embeddings, min_chunks, clip_skip)
 
 
 def encode_prompt_pair(
-    tokenizer, text_encoder, prompt: str, negative_prompt: str, clip_skip: int = 1
+    tokenizer, text_encoder, prompt: str, negative_prompt: str, clip_skip: int = 1,
+    lookup: EmbeddingLookup | None = None,
 ) -> PromptEmbeddings:
     """Positive and negative embeddings of equal shape, as diffusers requires for CFG.
 
     The shorter one is padded with embeddings of the empty prompt, as A1111 pads the
-    unconditional side (its `pad_cond_uncond`).
+    unconditional side (its `pad_cond_uncond`). `lookup`: the textual-inversion embeddings.
     """
-    positive_chunks, _ = prompt_chunks(tokenizer, prompt)
-    negative_chunks, _ = prompt_chunks(tokenizer, negative_prompt)
+    positive_chunks, _ = prompt_chunks(tokenizer, prompt, lookup)
+    negative_chunks, _ = prompt_chunks(tokenizer, negative_prompt, lookup)
     chunk_count = max(len(positive_chunks), len(negative_chunks))
     positive = [_chunk_embedding(tokenizer, text_encoder, c, clip_skip) for c in positive_chunks]
     negative = [_chunk_embedding(tokenizer, text_encoder, c, clip_skip) for c in negative_chunks]
     return PromptEmbeddings(
         positive=_padded_to_chunks(tokenizer, text_encoder, positive, chunk_count, clip_skip),
         negative=_padded_to_chunks(tokenizer, text_encoder, negative, chunk_count, clip_skip),
+        embeddings_used=tuple(dict.fromkeys(name for c in positive_chunks + negative_chunks for name in c.used)),
     )
 
 
@@ -169,7 +205,7 @@ def _chunk_embedding(tokenizer, text_encoder, chunk: PromptChunk, clip_skip: int
     ids, weights = chunk_ids_and_weights(tokenizer, chunk)
     device = module_execution_device(text_encoder)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), vectors_in_place(text_encoder, chunk.fixes):
         hidden = _hidden_states(text_encoder, input_ids, clip_skip)
         return emphasized(hidden, torch.tensor([weights], device=device))
 

@@ -7,11 +7,12 @@ to run (sizes snapped, ranges checked, sampler resolved, seed chosen, image conv
 
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageOps
 
 from app.errors import InvalidRequest
+from app.generation.depth import validated_depth_map
 from app.generation.samplers import DEFAULT_SAMPLER, resolve_sampler
 from app.images.transform import JUST_RESIZE, RESIZE_MODES, resized
 from app.kinds import JobKind
@@ -28,6 +29,8 @@ MAX_SEED = 2**32 - 1
 MAX_INIT_PIXELS = 8192 * 8192
 MAX_MASK_BLUR = 64
 MAX_MASK_PADDING = 256
+MAX_HIRES_SCALE = 4.0
+DEFAULT_HIRES_UPSCALER = "Latent"
 WHOLE_PICTURE = "whole"   # inpaint at the picture's size
 ONLY_MASKED = "masked"    # inpaint a crop around the mask at full resolution, then paste it back
 
@@ -53,8 +56,27 @@ class GenerationRequest:
     mask_blur: int = 4                      # soft edge of the mask, in pixels
     inpaint_area: str = WHOLE_PICTURE       # WHOLE_PICTURE or ONLY_MASKED
     masked_padding: int = 32                # context kept around the mask with ONLY_MASKED
+    depth_map: Image.Image | None = None    # SD 2 depth models: greyscale, lighter is nearer (None: estimated)
     model: str | None = None                # checkpoint title; None: the active one when the job starts
     save: bool = True                       # write the PNG to the outputs folder (API clients may not want it)
+    # Variation seeds (A1111's names): noise slerped towards the subseed's, made at another size.
+    subseed: int = -1                       # -1: a random variation seed, reported back
+    subseed_strength: float = 0.0           # 0: the seed's own noise (the plain picture)
+    seed_resize_from_w: int = 0             # both > 0: the seed's noise is made at this size, centred
+    seed_resize_from_h: int = 0
+    # Hires fix (A1111's names; text to image only): a second, img2img-like pass at a larger size,
+    # with `strength` as its denoising strength (app.generation.hires).
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0                    # 0 (both): scale by hr_scale
+    hr_resize_y: int = 0
+    hr_upscaler: str = DEFAULT_HIRES_UPSCALER
+    hr_second_pass_steps: int = 0           # 0: as many as the first pass
+    hr_sampler_name: str | None = None      # None: the first pass's sampler
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""                     # "": the first pass's prompt
+    hr_negative_prompt: str = ""
+    styles: list[str] = field(default_factory=list)  # saved styles' names; the Engine expands them into the prompts
 
     @property
     def is_img2img(self) -> bool:
@@ -75,6 +97,21 @@ class GenerationRequest:
     def seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... (A1111's order), after validation."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.image_count)]
+
+    def subseeds(self) -> list[int]:
+        """One variation seed per image: subseed, subseed+1, ..., after validation."""
+        return [(self.subseed + i) % (MAX_SEED + 1) for i in range(self.image_count)]
+
+    @property
+    def seed_resize_from(self) -> tuple[int, int] | None:
+        """(width, height) the seed's noise is made at, when both are set (A1111's rule)."""
+        on = self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0
+        return (self.seed_resize_from_w, self.seed_resize_from_h) if on else None
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """The second pass's (width, height), after validation (see `hires_target`)."""
+        return hires_target((self.width, self.height), self.hr_scale, self.hr_resize_x, self.hr_resize_y)
 
     def validated(self) -> "GenerationRequest":
         choice = resolve_sampler(self.sampler, self.schedule)
@@ -103,7 +140,51 @@ class GenerationRequest:
             mask=self._mask(init_image, (width, height)),
             mask_blur=integer(self.mask_blur, "Mask blur", 0, MAX_MASK_BLUR),
             masked_padding=integer(self.masked_padding, "Masked area padding", 0, MAX_MASK_PADDING),
+            depth_map=validated_depth_map(self.depth_map, init_image, (width, height), self.resize_mode),
+            **self._variation_fields(),
+            **self._hires_fields((width, height), init_image is not None),
         )
+
+    def _variation_fields(self) -> dict:
+        strength = number(self.subseed_strength, "Variation strength", 0.0, 1.0)
+        # A1111's API sends -1 for "off"; anything up to 0 is off.
+        resize = [max(0, integer(side, what, -1, MAX_SIZE)) for side, what in
+                  ((self.seed_resize_from_w, "Resize seed from width"), (self.seed_resize_from_h, "Resize seed from height"))]
+        if self.mask is not None and (strength > 0 or min(resize) > 0):
+            raise InvalidRequest("Variation seeds are not available for inpainting yet. Set the variation strength "
+                                 "and the resize-seed sizes to 0, or use image to image.")
+        if 0 < min(resize) < SIZE_STEP:
+            raise InvalidRequest(f"Resize seed from needs at least {SIZE_STEP} pixels a side, or 0 to turn it off.")
+        seed = integer(self.subseed, "Variation seed", -1, MAX_SEED) if self.subseed is not None else -1
+        return dict(subseed=_seed(seed), subseed_strength=strength, seed_resize_from_w=resize[0], seed_resize_from_h=resize[1])
+
+    def _hires_fields(self, size: tuple[int, int], img2img: bool) -> dict:
+        if not self.enable_hr:
+            return dict(enable_hr=False)
+        if img2img:
+            raise InvalidRequest("Hires fix is for text to image. Turn it off (enable_hr false) for image to image.")
+        upscaler = self.hr_upscaler or DEFAULT_HIRES_UPSCALER  # A1111: none named is its default latent mode
+        if not isinstance(upscaler, str) or not upscaler.strip():
+            raise InvalidRequest("Choose an upscaler for hires fix by name (for example \"Latent\" or \"Lanczos\").")
+        sampler, schedule = _own(self.hr_sampler_name), _own(self.hr_scheduler)
+        choice = resolve_sampler(sampler or self.sampler, schedule or (None if sampler else self.schedule))
+        fields = dict(
+            enable_hr=True,
+            hr_scale=number(self.hr_scale, "Hires upscale by", 1.0, MAX_HIRES_SCALE),
+            hr_resize_x=integer(self.hr_resize_x, "Hires resize width", 0, MAX_SIZE),
+            hr_resize_y=integer(self.hr_resize_y, "Hires resize height", 0, MAX_SIZE),
+            hr_upscaler=upscaler.strip(),
+            hr_second_pass_steps=integer(self.hr_second_pass_steps, "Hires steps", 0, MAX_STEPS),
+            hr_sampler_name=choice.sampler if sampler else None,
+            hr_scheduler=choice.schedule if sampler or schedule else None,
+            hr_prompt=text(self.hr_prompt or "", "hires prompt"),
+            hr_negative_prompt=text(self.hr_negative_prompt or "", "hires negative prompt"),
+        )
+        width, height = hires_target(size, fields["hr_scale"], fields["hr_resize_x"], fields["hr_resize_y"])
+        if max(width, height) > MAX_SIZE:
+            raise InvalidRequest(f"Hires fix would make {width}x{height} from {size[0]}x{size[1]}; the limit is "
+                                 f"{MAX_SIZE} pixels a side. Choose a smaller hires scale or resize.")
+        return fields
 
     def _mask(self, init_image: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
         """The mask as greyscale at the output size: light means "paint here"."""
@@ -138,6 +219,27 @@ def _side(value, what: str) -> int:
     if not MIN_SIZE <= snapped <= MAX_SIZE:
         raise InvalidRequest(message)
     return snapped
+
+
+def hires_target(size: tuple[int, int], scale: float, resize_x: int, resize_y: int) -> tuple[int, int]:
+    """Hires fix's output size, as A1111 computes it: the first pass times `scale`, or the resize
+    size (one side 0: kept in proportion), each side snapped down to a multiple of 8 for the VAE."""
+    width, height = size
+    if resize_x <= 0 and resize_y <= 0:
+        target = (int(width * scale), int(height * scale))
+    elif resize_y <= 0:
+        target = (resize_x, resize_x * height // width)
+    elif resize_x <= 0:
+        target = (resize_y * width // height, resize_y)
+    else:
+        target = (resize_x, resize_y)
+    return tuple(max(MIN_SIZE, side // SIZE_STEP * SIZE_STEP) for side in target)
+
+
+def _own(choice) -> str | None:
+    """A hires sampler or schedule of its own; None for none or A1111's "Use same sampler"."""
+    own = isinstance(choice, str) and choice.strip() and not choice.strip().lower().startswith("use same")
+    return choice.strip() if own else None
 
 
 def _seed(value) -> int:

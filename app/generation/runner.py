@@ -8,18 +8,27 @@ job; what a job has made so far waits in `job.partial` between its turns.
 import time
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from app.generation import samplers
+from app.generation.a1111 import variation_keys
 from app.generation.canvas import prepared
-from app.generation.diffusion import run_batch
+from app.generation.diffusion import StepCallback, run_batch
+from app.generation.hires import HiresFix
+from app.generation.job_networks import JobNetworks, infotext_keys, job_networks, text_width
+from app.generation.lora_patch import loras_applied
 from app.generation.memory_retry import with_memory_retry
+from app.generation.noise import Variation, noise_maker
 from app.generation.outputs import OutputWriter
 from app.generation.previews import latent_preview
 from app.generation.prompts import PromptEmbeddings, encode_prompt_pair
 from app.generation.requests import GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
+from app.generation.safety import SafetyFilter
 from app.jobs import UNFINISHED, Job, Unfinished
 from app.models.loaded import LoadedModel
 from app.models.manager import ModelManager
+from app.models.network_library import NetworkLibrary
 from app.models.registry import ModelEntry
 
 
@@ -35,10 +44,14 @@ class _Partial:
 
 
 class GenerationRunner:
-    def __init__(self, models: ModelManager, writer: OutputWriter, preview_every: int = 0):
+    def __init__(self, models: ModelManager, writer: OutputWriter, preview_every: int = 0,
+                 safety: SafetyFilter | None = None, networks: NetworkLibrary | None = None):
         self._models = models
+        self._networks = networks            # LoRA and embedding files (None: prompts use none)
         self._writer = writer
         self._preview_every = preview_every  # a live preview every N steps (0: none)
+        self._safety = safety                # blurs what the safety checker flags, when switched on
+        self._hires = HiresFix(models)
 
     def turn(self, job: Job) -> GenerationResult | Unfinished:
         """The job's next batch. Returns UNFINISHED while batches remain."""
@@ -63,38 +76,75 @@ class GenerationRunner:
     def _next_batch(self, job: Job, loaded: LoadedModel, partial: _Partial) -> None:
         request: GenerationRequest = job.request
         pipe = self._models.pipeline_for(job.kind)
-        embeddings = encode_prompt_pair(
-            pipe.tokenizer, pipe.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
-        )
+        networks = self._job_networks(request, pipe)
         batch = partial.batch
         job.report(batch=batch, batches=request.batch_count, step=0)
         seeds = request.seeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
-        pictures = with_memory_retry(
-            lambda: self._batch(job, loaded, embeddings, seeds), self._models.degrade, partial.notes
-        )
-        partial.images += [self._writer.generated(request, loaded.entry, loaded.vae, picture, seed)
-                           for picture, seed in zip(pictures, seeds)]
+        subseeds = request.subseeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
+        notes = list(networks.notes)
+        # The LoRAs are in the weights for this turn only: another user's job may run before the next.
+        with loras_applied(pipe, networks.loras, loaded.entry.title, notes):
+            def encode(prompt: str, negative: str) -> PromptEmbeddings:
+                return encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, prompt, negative, request.clip_skip,
+                                          networks.lookup)
+
+            embeddings = encode(request.prompt, request.negative_prompt)
+            pictures = with_memory_retry(
+                lambda: self._batch(job, loaded, embeddings, seeds, subseeds, encode), self._models.degrade,
+                partial.notes,
+            )
+        partial.notes += [note for note in notes if note not in partial.notes]
+        network_keys = infotext_keys(self._networks, networks, embeddings.embeddings_used) if self._networks else {}
+        if self._safety is not None:  # before the watermark and the save: nothing unfiltered is written
+            pictures, notes = self._safety.filtered(pictures)
+            partial.notes += notes
+        partial.images += [self._writer.generated(request, loaded.entry, loaded.vae, picture, seed,
+                                                  extra={**variation_keys(request, subseed), **network_keys})
+                           for picture, seed, subseed in zip(pictures, seeds, subseeds)]
         partial.batch += 1
 
-    def _batch(self, job: Job, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int]):
+    def _batch(self, job: Job, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int],
+               subseeds: list[int], encode) -> list[Image.Image]:
+        """One batch's finished pictures; none when a hires batch was stopped half-way."""
         request: GenerationRequest = job.request
         pipe = self._models.pipeline_for(job.kind)  # again: a step down may have moved it
         pipe.scheduler = samplers.build_scheduler(
             samplers.SamplerChoice(request.sampler, request.schedule), loaded.scheduler_config, seeds
         )
-        every = self._preview_every
-
-        def on_step(step: int, steps: int, latents) -> bool:
-            preview = latent_preview(latents, (request.width, request.height)) if every and step % every == 0 else None
-            job.report(step=step, steps=steps, **({"preview": preview} if preview else {}))
-            return job.cancelled or job.skipping
-
+        variation = Variation(request.subseed_strength, request.seed_resize_from)
+        noise = noise_maker(seeds, subseeds, variation) if variation.active else None  # None: diffusers' own
         canvas = prepared(request)
-        batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32, canvas.canvas)
+        if request.enable_hr:
+            batch = self._hires.run(job, loaded, pipe, embeddings, seeds, noise, lambda *at: self._on_step(job, *at),
+                                    encode)
+        else:
+            on_step = self._on_step(job, (request.width, request.height))
+            batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32, canvas.canvas, noise)
         job.skipped()
+        if batch is None:
+            return []
         if batch.vae_float32 and not loaded.vae_float32:
             self._models.remember_vae_float32()  # this model's VAE overflows in half precision
         return [canvas.finish(picture) for picture in batch.images]
+
+    def _on_step(self, job: Job, size: tuple[int, int], done_before: int = 0, steps_after: int = 0) -> StepCallback:
+        """Reports the steps of one pass; with hires fix both passes count in one total."""
+        # With the safety filter on, no live preview: it would show the picture before the checker has.
+        every = 0 if self._safety is not None and self._safety.enabled else self._preview_every
+
+        def on_step(step: int, steps: int, latents) -> bool:
+            preview = latent_preview(latents, size) if every and step % every == 0 else None
+            job.report(step=done_before + step, steps=done_before + steps + steps_after,
+                       **({"preview": preview} if preview else {}))
+            return job.cancelled or job.skipping
+
+        return on_step
+
+    def _job_networks(self, request: GenerationRequest, pipe) -> JobNetworks:
+        if self._networks is None:
+            return JobNetworks()
+        return job_networks(self._networks, request.prompt, request.negative_prompt, pipe.tokenizer,
+                            text_width(pipe.text_encoder))
 
 
 def _notes(entry: ModelEntry) -> list[str]:

@@ -17,7 +17,7 @@ CATALOG_FILE = APP_DIR / "configs" / "catalog.yaml"
 class CatalogEntry:
     id: str
     title: str                # shown to users
-    family: Family
+    family: Family | None     # None: one file of a helper model (see HelperEntry), not a checkpoint
     repository: str           # Hugging Face "owner/name"
     filename: str             # the file in the repository, and its name in the models folder
     size: int | None          # bytes; None where it could not be verified
@@ -86,6 +86,48 @@ def load_catalog(path: Path = CATALOG_FILE) -> list[CatalogEntry]:
     if len(set(ids)) != len(ids):
         raise EaselError(f"The model catalog {path} lists an id twice. Fix the file or restore the original.")
     return entries
+
+
+@dataclass(frozen=True)
+class HelperEntry:
+    """A model a feature needs beside the checkpoints (the safety checker...): a few files of one
+    repository, fetched on first use into `models/<folder>/`."""
+
+    id: str
+    title: str
+    repository: str
+    folder: str               # under the models folder
+    files: tuple[str, ...]
+    licence: str
+    description: str
+
+    def file_entries(self) -> list[CatalogEntry]:
+        """Each file as a download (sizes and hashes unverified: the log says so when it is kept)."""
+        return [CatalogEntry(f"{self.id}/{name}", f"{self.title} ({name})", None, self.repository, name, None, None,
+                             self.licence, self.description) for name in self.files]
+
+
+_HELPER_KEYS = ("id", "title", "repository", "folder", "files", "licence", "description")
+
+
+def load_helpers(path: Path = CATALOG_FILE) -> list[HelperEntry]:
+    """The helper models of the catalog's `helpers` list."""
+    path = Path(path)
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as error:  # omegaconf/yaml raise many types; all mean "this file cannot be read"
+        raise EaselError(f"The model catalog {path} could not be read ({error}). Restore the original file.") from error
+    helpers = []
+    for raw in (data.get("helpers") or []) if isinstance(data, dict) else []:
+        missing = [key for key in _HELPER_KEYS if not isinstance(raw, dict) or key not in raw]
+        names = [str(name) for name in raw.get("files") or []] if not missing else []
+        # Each name becomes a path in the models folder: none may climb out of it.
+        if missing or not names or any(Path(name).name != name or name in (".", "..") for name in names + [str(raw["folder"])]):
+            raise EaselError(f"The model catalog {path} has a helper entry that is incomplete or names a path "
+                             "outside its folder. Restore the original file.")
+        helpers.append(HelperEntry(str(raw["id"]), str(raw["title"]), str(raw["repository"]), str(raw["folder"]),
+                                   tuple(names), str(raw["licence"]), str(raw["description"])))
+    return helpers
 
 
 def offline_instructions(entry: CatalogEntry, dest_dir: Path) -> str:

@@ -1,10 +1,11 @@
 """What a checkpoint file is, read from its weights' names and shapes (no model is built).
 
-SD 1.x and 2.x differ in the text encoder (OpenAI CLIP vs OpenCLIP); inpainting and the x4
-upscaler in the UNet's input channels (9 and 7 instead of 4). v-prediction (SD 2.x 768) versus
-epsilon (SD 2.x base) is not visible in the weights: A1111's convention is a `.yaml` beside the
-checkpoint with `parameterization: "v"`, which we honour, else a per-model choice of the user,
-else v-prediction (the 768 model is the one most people have).
+SD 1.x and 2.x differ in the text encoder (OpenAI CLIP vs OpenCLIP); inpainting, SD 2 depth and
+the x4 upscaler in the UNet's input channels (9, 5 and 7 instead of 4; a depth checkpoint may also
+carry the MiDaS weights it was trained with as `depth_model.*`, which Easel does not use).
+v-prediction (SD 2.x 768) versus epsilon (SD 2.x base) is not visible in the weights: A1111's
+convention is a `.yaml` beside the checkpoint with `parameterization: "v"`, which we honour, else
+a per-model choice of the user, else v-prediction (the 768 model is the one most people have).
 """
 
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class Detection:
 
 
 def family_from_weights(shapes: dict[str, tuple[int, ...]]) -> Family:
-    """SD1 / SD1 inpainting / SD2 / SD2 inpainting / x4 upscaler; SD2 is returned as SD2_V
+    """SD1 / SD1 inpainting / SD2 / SD2 inpainting / SD2 depth / x4 upscaler; SD2 is returned as SD2_V
     (the caller settles v versus epsilon). Raises UnreadableWeights for anything else."""
     if any(key.startswith(SDXL_KEYS) for key in shapes):
         raise UnreadableWeights("it is an SDXL checkpoint; Easel runs SD 1.x and 2.x models for now.")
@@ -63,6 +64,8 @@ def family_from_weights(shapes: dict[str, tuple[int, ...]]) -> Family:
         return Family.X4_UPSCALER
     if in_channels == 9:
         return Family.SD2_INPAINT if sd2 else Family.SD1_INPAINT
+    if in_channels == 5 and sd2:
+        return Family.SD2_DEPTH  # the latents plus one depth channel
     if in_channels == 4:
         return Family.SD2_V if sd2 else Family.SD1
     raise UnreadableWeights(f"its UNet takes {in_channels} input channels, which no SD 1.x/2.x model has.")

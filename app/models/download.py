@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from app.models.catalog import CatalogEntry, offline_instructions
+from app.models.catalog import CatalogEntry, HelperEntry, offline_instructions
 from app.models.download_errors import (
     CANCELLED_MESSAGE,
     DownloadCancelled,
@@ -288,3 +288,10 @@ def download_model(
     os.replace(transfer.part, final)  # atomic: the scanner sees the whole file or none
     log.info("downloaded %s to %s", entry.filename, final)
     return final
+
+
+def download_helper(helper: HelperEntry, dest_dir: Path, cancel: threading.Event | None = None) -> Path:
+    """Each file of a helper model (catalog `helpers`) into `dest_dir`, as `download_model` fetches one."""
+    for entry in helper.file_entries():
+        download_model(entry, dest_dir, cancel=cancel)
+    return Path(dest_dir)

@@ -29,9 +29,9 @@ class LoadedModel:
         return [self.base, *self.siblings.values()]
 
     def pipeline(self, kind: JobKind, plan: DevicePlan) -> DiffusionPipeline:
-        """The pipeline for `kind`: the base for text-to-image (and an inpainting checkpoint's own
-        inpainting), else a sibling sharing the base's modules, made on first use."""
-        if kind is JobKind.TXT2IMG or self.entry.family.is_inpainting:
+        """The pipeline for `kind`: the base for text-to-image (and an inpainting or depth checkpoint's
+        own kind), else a sibling sharing the base's modules, made on first use."""
+        if kind is JobKind.TXT2IMG or not self.entry.family.makes_images:
             kind = JobKind.TXT2IMG  # the base pipeline
         elif kind not in self.siblings:
             # Without dtype=, from_pipe casts the shared modules (the base's too) to float32.

@@ -11,6 +11,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
+    StableDiffusionDepth2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
@@ -32,6 +33,7 @@ CONFIG_FOLDERS = {
     Family.SD2_V: "sd21",
     Family.SD2: "sd21-base",
     Family.SD2_INPAINT: "sd2-inpainting",
+    Family.SD2_DEPTH: "sd2-depth",
     Family.X4_UPSCALER: "x4-upscaler",
 }
 
@@ -41,6 +43,7 @@ PIPELINE_CLASSES = {
     Family.SD2: StableDiffusionPipeline,
     Family.SD1_INPAINT: StableDiffusionInpaintPipeline,
     Family.SD2_INPAINT: StableDiffusionInpaintPipeline,
+    Family.SD2_DEPTH: StableDiffusionDepth2ImgPipeline,
     Family.X4_UPSCALER: StableDiffusionUpscalePipeline,
 }
 
@@ -75,8 +78,26 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype, config_root: Path = MOD
     return pipe
 
 
+def _without_estimator(family: Family) -> dict:
+    """A depth model loads without its depth estimator: app.models.depth adds one when there is one."""
+    return dict(depth_estimator=None, feature_extractor=None) if family.is_depth else {}
+
+
 def _single_file(entry: ModelEntry, dtype: torch.dtype, config: Path) -> DiffusionPipeline:
-    return PIPELINE_CLASSES[entry.family].from_single_file(
+    if entry.family.is_depth:
+        # diffusers' depth pipeline has no single-file loader: the text-to-image one loads the same
+        # parts (the config folder gives the UNet its 5 input channels; `depth_model.*` MiDaS
+        # weights in the file are left out), then they are assembled into the depth pipeline.
+        parts = _load_single_file(StableDiffusionPipeline, entry, dtype, config)
+        return StableDiffusionDepth2ImgPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+            scheduler=parts.scheduler, **_without_estimator(entry.family),
+        )
+    return _load_single_file(PIPELINE_CLASSES[entry.family], entry, dtype, config)
+
+
+def _load_single_file(cls, entry: ModelEntry, dtype: torch.dtype, config: Path) -> DiffusionPipeline:
+    return cls.from_single_file(
         str(entry.path),
         config=str(config),
         # Without tokenizer=, transformers 5 quietly builds an empty 2-token tokenizer.
@@ -92,8 +113,8 @@ def _diffusers_folder(entry: ModelEntry, dtype: torch.dtype) -> DiffusionPipelin
             f"'{entry.title}' holds no .safetensors weights. Easel does not open pickled .bin weights "
             "(they can run code); get the safetensors version of this model."
         )
-    extra = {}
-    if entry.family != Family.X4_UPSCALER:
+    extra = _without_estimator(entry.family)
+    if entry.family not in (Family.X4_UPSCALER, Family.SD2_DEPTH):
         extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return PIPELINE_CLASSES[entry.family].from_pretrained(
         entry.path, dtype=dtype, local_files_only=True, use_safetensors=True, **extra

@@ -19,6 +19,7 @@ from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound
 from app.hardware import HardwareFacts, probe_hardware
 from app.kinds import JobKind
 from app.memory import free_memory
+from app.models.depth import attach_estimator
 from app.models.families import Family
 from app.models.loaded import LoadedModel
 from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
@@ -128,16 +129,22 @@ class ModelManager:
     def pipeline_for(self, kind: JobKind) -> DiffusionPipeline:
         """The active model's pipeline for `kind`, ready in the current memory mode.
 
-        An inpainting checkpoint serves inpainting with its own pipeline; a regular checkpoint
-        serves all three kinds (inpainting then blends the mask in latent space)."""
+        An inpainting checkpoint serves inpainting with its own pipeline, an SD 2 depth checkpoint
+        image-to-image with its depth pipeline (with the depth estimator when there is one); a
+        regular checkpoint serves all three kinds (inpainting then blends the mask in latent space)."""
         loaded = self._loaded
         family = loaded.entry.family
-        if not family.makes_images and not (kind is JobKind.INPAINT and family.is_inpainting):
+        own_kind = (kind is JobKind.INPAINT and family.is_inpainting) or (kind is JobKind.IMG2IMG and family.is_depth)
+        if not family.makes_images and not own_kind:
+            also = ", or use image to image with this one" if family.is_depth else ""
             raise InvalidRequest(
                 f"'{loaded.entry.title}' is a {family.label} checkpoint, for {family.use}. "
-                f"Choose a regular SD 1.x or 2.x checkpoint at the top of the page for {kind.value}."
+                f"Choose a regular SD 1.x or 2.x checkpoint at the top of the page for {kind.value}{also}."
             )
-        return loaded.pipeline(kind, self.plan)
+        pipe = loaded.pipeline(kind, self.plan)
+        if family.is_depth and attach_estimator(pipe, loaded.entry, self.registry.models_dir):
+            apply_plan(pipe, self.plan)  # the estimator joins the device plan
+        return pipe
 
     def remember_vae_float32(self) -> None:
         if self._loaded:
@@ -224,7 +231,8 @@ class ModelManager:
             return self.registry.find(title)
         if self._loaded:
             return self._loaded.entry
-        usable = self.registry.generating()
+        # Only an inpainting or depth checkpoint: it is used, and a kind it cannot do says so.
+        usable = self.registry.generating() or self.registry.selectable()
         if not usable:
             raise NoModelAvailable(
                 f"No checkpoint found. Put a Stable Diffusion model (.safetensors) into "

@@ -82,6 +82,8 @@ def diffusers_family(folder: Path) -> Family:
     index = read_json(folder / "model_index.json")
     if index.get("_class_name") == "StableDiffusionUpscalePipeline":
         return Family.X4_UPSCALER
+    if index.get("_class_name") == "StableDiffusionDepth2ImgPipeline":
+        return Family.SD2_DEPTH
     inpaint = read_json(folder / "unet" / "config.json").get("in_channels") == 9
     # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP ViT-H (SD 2.x) uses gelu.
     sd2 = read_json(folder / "text_encoder" / "config.json").get("hidden_act") == "gelu"

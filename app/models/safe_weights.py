@@ -1,6 +1,6 @@
 """Reading weight files without ever running code: the one place Easel opens them.
 
-Checkpoints, VAEs and upscalers (and, next, LoRAs and embeddings) come as `.safetensors`, which hold
+Checkpoints, VAEs, upscalers, LoRAs and embeddings come as `.safetensors`, which hold
 nothing but tensors, or as pickles (`.ckpt`, `.pth`, `.pt`, `.bin`), which can hold code that runs
 when the file is opened. Pickles are read with torch's weights-only unpickler, which refuses such a
 file before any of it runs. Every failure becomes `UnreadableWeights` with a sentence for the user
@@ -65,6 +65,25 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             raise UnreadableWeights(damaged(error)) from None
     tensors = unwrapped(_unpickled(Path(path), map_location="meta"), wrappers=("state_dict",))
     return {key: tuple(value.shape) for key, value in tensors.items()}
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The free-text `__metadata__` of a .safetensors file (training facts), without its tensors.
+
+    Raises UnreadableWeights with the reason."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UnreadableWeights(damaged(error)) from None
+
+
+def read_pickled(path: Path) -> object:
+    """A pickled file's contents (dicts, tensors, numbers, strings) through the weights-only
+    unpickler, for files whose structure matters (A1111 embeddings: `string_to_param`, `step`).
+
+    Raises UnreadableWeights with the reason."""
+    return _unpickled(Path(path), map_location="cpu")
 
 
 def unwrapped(data: object, wrappers: tuple[str, ...] = WRAPPERS) -> dict[str, torch.Tensor]:

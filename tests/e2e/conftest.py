@@ -11,6 +11,7 @@
 
 import os
 import re
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class Served:
     url: str
     engine: Engine
     outputs: Path
+    models: Path
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +69,10 @@ def served(tiny_models_dir, tiny_configs_dir, tmp_path_factory):
     from ui.app import build_ui
 
     root = tmp_path_factory.mktemp("e2e-app")
+    models = root / "models"  # its own copy: tests add LoRA files to it
+    shutil.copytree(tiny_models_dir, models)
     settings = make_settings(
-        root, tiny_models_dir, host="127.0.0.1", port=_free_port(), model_configs_dir=str(tiny_configs_dir)
+        root, models, host="127.0.0.1", port=_free_port(), model_configs_dir=str(tiny_configs_dir)
     )
     engine = create_engine(settings, CPU_ONLY)
     engine.select_checkpoint(TINY_SD1)  # before build_ui: the header shows the active checkpoint
@@ -77,7 +81,7 @@ def served(tiny_models_dir, tiny_configs_dir, tmp_path_factory):
     try:
         server = serve(blocks, engine, settings)
         url = server.url
-        yield Served(url=url, engine=engine, outputs=settings.outputs_dir)
+        yield Served(url=url, engine=engine, outputs=settings.outputs_dir, models=models)
     finally:
         if server is not None:
             server.close()

@@ -364,3 +364,38 @@ def test_generate_without_a_picture_says_what_to_do(page, served, screenshot):
     assert "Traceback" not in text.inner_text() and 'File "' not in text.inner_text()
     assert "Traceback" not in page.locator("body").inner_text()
     assert saved_pngs(served.outputs, IMG2IMG) == before
+
+
+def test_a_lora_from_the_list_and_hires_fix_make_a_bigger_picture_that_records_both(page, served, screenshot):
+    from app.models.families import Family
+    from tools.tiny_models import tiny_pipeline
+    from tools.tiny_networks import kohya_lora, save_lora
+
+    save_lora(served.models / "Lora" / "e2e-ink.safetensors", kohya_lora(tiny_pipeline(Family.SD1), seed=3))
+    page.locator("#txt2img-prompt textarea").fill("a harbour at night")
+    page.locator("#txt2img-networks").get_by_text("LoRA and embeddings").click()
+    page.locator("#txt2img-networks-refresh").click()  # the file arrived after the page was built
+    page.locator("#txt2img-networks-search textarea, #txt2img-networks-search input").first.fill("e2e-i")
+    row = page.locator("#txt2img-loras").get_by_text("e2e-ink", exact=True)
+    expect(row).to_be_visible(timeout=UI_TIMEOUT_MS)
+    row.click()
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a harbour at night <lora:e2e-ink:1>",
+                                                                   timeout=UI_TIMEOUT_MS)
+
+    small_settings(page, "txt2img", steps=2, width=64, height=64, seed=515)
+    page.locator("#txt2img-hires").get_by_text("Hires fix", exact=True).first.click()
+    page.locator("#txt2img-enable-hr input[type=checkbox]").check()
+    set_slider(page, "txt2img-hr-scale", 1.5)
+    before = saved_pngs(served.outputs, TXT2IMG)
+    page.locator("#txt2img-generate").click()
+
+    [saved] = wait_for_new_pngs(served.outputs, TXT2IMG, before)
+    expect(page.locator("#txt2img-status")).to_contain_text("Done: 1 image(s)", timeout=UI_TIMEOUT_MS)
+    screenshot("hires-lora")
+    with Image.open(saved) as picture:
+        assert picture.size == (96, 96)
+    fields = parse_infotext(parameters_of(saved))
+    assert fields["Prompt"] == "a harbour at night <lora:e2e-ink:1>"
+    assert fields["Size"] == "64x64" and fields["Hires upscale"] == "1.5" and fields["Hires upscaler"] == "Latent"
+    assert fields["Lora hashes"].startswith("e2e-ink: ")
+    assert "Couldn't find" not in page.locator("#txt2img-status").inner_text()

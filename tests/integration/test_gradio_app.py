@@ -71,9 +71,9 @@ def test_img2img_through_the_web_ui(served, tmp_path):
     Image.new("RGBA", (80, 72), (200, 40, 40, 128)).save(init)
     client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
     gallery, _preview, status, info = client.predict(
-        # picture, sketch, inpaint editor, strength, keep size, resize mode, mask blur, area, padding, then
-        # prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch count, batch size
-        handle_file(str(init)), None, None, 0.5, True, "Just resize", 4, "Whole picture", 32,
+        # picture, sketch, inpaint editor, strength, keep size, resize mode, mask blur, area, padding, depth map,
+        # then prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch count, batch size
+        handle_file(str(init)), None, None, 0.5, True, "Just resize", 4, "Whole picture", 32, None,
         "a cat", "", "DDIM", "Automatic", 4, 7, 512, 512, 9, 1, 1,
         api_name="/img2img",
     )

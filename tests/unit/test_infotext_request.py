@@ -67,6 +67,7 @@ def test_a1111_1_9_infotext_with_a_separate_schedule_type():
         "negative_prompt": "blurry, lowres",
         "sampler": "DPM++ 2M", "schedule": "Karras", "steps": 28, "cfg_scale": 6.5,
         "seed": 3141592653, "width": 512, "height": 768, "clip_skip": 2, "strength": 0.45,
+        "enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent",  # its Hires keys turn hires fix on
     }
     GenerationRequest(**fields).validated()
 

@@ -10,6 +10,7 @@ Where the counts come from:
 - SD 1.5 UNet 859,520,964, SD 2.x UNet 865,910,724, SD VAE 83,653,863, CLIP ViT-L/14 text encoder
   123,060,480: the published sizes of these models.
 - Inpainting UNets: the base UNet plus 5 more conv_in input channels, 320 * 5 * 3 * 3 = 14,400.
+- SD 2 depth UNet (512-depth-ema): the SD 2 UNet plus 1 more conv_in input channel (the depth map), 2,880.
 - SD 2.x / x4 text encoder (OpenCLIP ViT-H as a 23-layer CLIPTextModel, "penultimate layer"):
   340,387,840, derived by hand: 23 layers * 12,596,224 + token 49408 * 1024 + position 77 * 1024
   + final LayerNorm 2048. (The 24th OpenCLIP layer and the text projection are not part of it.)
@@ -42,6 +43,7 @@ MODELS = Path(__file__).resolve().parents[2] / "configs" / "models"
 SD1_UNET = 859_520_964
 SD2_UNET = 865_910_724
 INPAINT_EXTRA = 320 * 5 * 3 * 3  # conv_in: 5 more input channels (mask + masked-image latents)
+DEPTH_EXTRA = 320 * 1 * 3 * 3    # conv_in: 1 more input channel (the depth map)
 SD_VAE = 83_653_863
 CLIP_L = 123_060_480
 OPENCLIP_H_23 = 340_387_840
@@ -68,6 +70,10 @@ FAMILIES = {
                        OPENCLIP_H_23,
                        dict(in_channels=9, cross_attention_dim=1024, upcast_attention=False, sample_size=64,
                             use_linear_projection=True, hidden_act="gelu", layers=23, scaling_factor=0.18215)),
+    # Read by StableDiffusionPipeline.from_single_file; the loader assembles the depth pipeline.
+    "sd2-depth": (StableDiffusionPipeline, PNDMScheduler, "epsilon", SD2_UNET + DEPTH_EXTRA, SD_VAE, OPENCLIP_H_23,
+                  dict(in_channels=5, cross_attention_dim=1024, upcast_attention=False, sample_size=64,
+                       use_linear_projection=True, hidden_act="gelu", layers=23, scaling_factor=0.18215)),
     "x4-upscaler": (StableDiffusionUpscalePipeline, DDIMScheduler, "v_prediction", X4_UNET, X4_VAE, OPENCLIP_H_23,
                     dict(in_channels=7, cross_attention_dim=1024, upcast_attention=False, sample_size=128,
                          use_linear_projection=True, hidden_act="gelu", layers=23, scaling_factor=0.08333)),
@@ -92,7 +98,7 @@ def built():
     return out
 
 
-def test_the_six_families_are_there():
+def test_the_seven_families_are_there():
     assert sorted(p.name for p in MODELS.iterdir() if p.is_dir()) == sorted(FAMILIES)
 
 
@@ -120,7 +126,7 @@ def test_family_flags(built, name):
 
 
 def test_sd2_and_upscaler_specifics(built):
-    for name in ("sd21", "sd21-base", "sd2-inpainting"):
+    for name in ("sd21", "sd21-base", "sd2-inpainting", "sd2-depth"):
         unet, vae, text_encoder = built[name]
         assert unet.config.attention_head_dim == [5, 10, 20, 20]
         assert text_encoder.config.hidden_size == 1024 and text_encoder.config.projection_dim == 512
@@ -301,6 +307,7 @@ def test_independent_ldm_count_agrees():
     assert _ldm_unet_params(9, context_dim=768, **sd) == SD1_UNET + INPAINT_EXTRA
     assert _ldm_unet_params(4, context_dim=1024, **sd) == SD2_UNET
     assert _ldm_unet_params(9, context_dim=1024, **sd) == SD2_UNET + INPAINT_EXTRA
+    assert _ldm_unet_params(5, context_dim=1024, **sd) == SD2_UNET + DEPTH_EXTRA  # v2-midas-inference.yaml
     assert _ldm_vae_params([1, 2, 4, 4]) == SD_VAE
     # x4-upscaling.yaml: model_channels 256, channel_mult [1,2,2,4], attention_resolutions [2,4,8],
     # num_classes 1000, disable_self_attentions [T,T,T,F], context_dim 1024; VAE ch_mult [1,2,4].

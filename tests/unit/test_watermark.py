@@ -74,8 +74,9 @@ def test_rgba_input_gives_rgb_output_with_the_mark():
 
 @pytest.mark.parametrize("family", list(Family))
 def test_each_family_is_marked_as_the_reference_scripts_mark_it(family):
-    # The reference scripts mark SD 2.x "SDV2" and everything else (the x4 upscaler too) SD 1.x's text.
-    expected = "SDV2" if family in (Family.SD2, Family.SD2_V, Family.SD2_INPAINT) else "StableDiffusionV1"
+    # The reference scripts mark SD 2.x "SDV2" (depth2img too) and everything else (the x4 upscaler too)
+    # SD 1.x's text.
+    expected = "SDV2" if family in (Family.SD2, Family.SD2_V, Family.SD2_INPAINT, Family.SD2_DEPTH) else "StableDiffusionV1"
     assert watermark_for(family) == expected
     assert watermark_origin(expected) == f"made with an SD {'2' if expected == 'SDV2' else '1'}.x model"
 
