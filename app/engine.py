@@ -27,7 +27,6 @@ from app.errors import ModelNotFound
 from app.generation import samplers
 from app.generation.hires import check_upscaler, hires_upscaler_names, second_pass, second_pass_steps
 from app.generation.infotext import PngInfo, png_info
-from app.generation.job_networks import text_width
 from app.generation.outputs import OutputWriter
 from app.generation.requests import GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
@@ -42,7 +41,7 @@ from app.job_queue import JobQueue
 from app.jobs import Job
 from app.kinds import JobKind, UpscalerKind
 from app.memory import trim_heap
-from app.models.catalog import CatalogEntry, load_catalog, load_helpers
+from app.models.catalog import CatalogEntry, HelperEntry, load_catalog, load_helpers
 from app.models.demo import DEMO_MODEL_NAME, save_demo_model
 from app.models.detect import Prediction
 from app.models.download import DownloadProgress, download_helper, download_model
@@ -220,7 +219,7 @@ class Engine:
         loaded (fit its text encoder), skipped (another width), and files that are no embedding."""
         self._networks.refresh_embeddings()
         loaded = self._models.loaded
-        return self._networks.embeddings_for(text_width(loaded.base.text_encoder) if loaded else None)
+        return self._networks.embeddings_for(loaded.text_width if loaded else None)
 
     def network_folders(self) -> NetworkFolders:
         return self._networks.folders
@@ -263,6 +262,23 @@ class Engine:
     def download_catalog(self) -> list[CatalogEntry]:
         """The default checkpoints Easel offers to download (nothing downloads unless asked)."""
         return load_catalog()
+
+    def helper_downloads(self) -> list[HelperEntry]:
+        """The models features need beside the checkpoints (the safety checker, the depth estimator)."""
+        return load_helpers()
+
+    def download_helper(
+        self,
+        helper_id: str,
+        on_progress: Callable[[DownloadProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Path:
+        """Download a helper model's files into its folder under the models folder (resumable);
+        returns that folder."""
+        helper = next((h for h in self.helper_downloads() if h.id == helper_id), None)
+        if helper is None:
+            raise ModelNotFound(f"There is no download called '{helper_id}'.")
+        return download_helper(helper, self.settings.models_dir / helper.folder, cancel=cancel, on_progress=on_progress)
 
     def download_model(
         self,

@@ -67,10 +67,17 @@ def _vae_choices(engine: Engine) -> list[str]:
 
 
 def _catalog_choices(engine: Engine) -> list[tuple[str, str]]:
-    return [
+    """Checkpoints, then the helper models features need (safety checker, depth estimator)."""
+    checkpoints = [
         (f"{entry.title}: {entry.size / 1e9:.1f} GB. {entry.description}" if entry.size else entry.title, entry.id)
         for entry in engine.download_catalog()
     ]
+    helpers = [(f"{helper.title} (for a feature). {helper.description}", helper.id) for helper in engine.helper_downloads()]
+    return checkpoints + helpers
+
+
+def _helper_ids(engine: Engine) -> set[str]:
+    return {helper.id for helper in engine.helper_downloads()}
 
 
 def _progress_text(progress: DownloadProgress) -> str:
@@ -157,6 +164,10 @@ def build_header(engine: Engine) -> None:
             progress(p.fraction or 0.0, desc=_progress_text(p))
 
         try:
+            if catalog_id in _helper_ids(engine):
+                folder = engine.download_helper(catalog_id, on_progress=report, cancel=cancel)
+                yield None, f"Downloaded into `{folder}`: it is used from now on.", gr.skip(), gr.skip()
+                return
             entry = engine.download_model(catalog_id, on_progress=report, cancel=cancel)
         except Exception as error:
             yield None, user_message(error), gr.skip(), gr.skip()

@@ -5,14 +5,16 @@ generation in some far corner.
 - Where a pipeline runs its modules, `_execution_device`: with offload hooks `pipe.device` says
   "cpu" while the UNet runs on the GPU, and diffusers has no public name for the device it runs on.
 - Stopping a pipeline after the step in progress, `_interrupt`: what diffusers' own guide to step
-  callbacks tells a callback to set (the public `interrupt` property only reads it).
+  callbacks tells a callback to set (the public `interrupt` property only reads it). Pipelines
+  without that property (depth2img in 0.42) never read it: they are stopped by an exception that
+  carries the latents so far out of the loop (`stoppable`).
 - Where one module runs under sequential offload, accelerate's `_hf_hook.execution_device`: its
   weights wait on "meta" or the CPU and move layer by layer, so their device says nothing.
 - Where a layer's weight really is under sequential offload (LoRA patches it there): accelerate's
   `_hf_hook.weights_map`, while the parameter itself waits on "meta".
-- Image-to-image with noise of our own (variation seeds), `prepare_latents`: the img2img pipeline
-  takes no `latents`, so for one call its instance gets a `prepare_latents` that does what
-  diffusers' does (VAE sample from each image's generator, then noise) with our noise; the
+- Image-to-image and inpainting with noise of our own (variation seeds), `prepare_latents`: the
+  img2img pipeline takes no `latents` (and the inpaint pipeline ignores the strength given them),
+  so for one call its instance gets a `prepare_latents` that does what diffusers' does (VAE sample from each image's generator, then noise) with our noise; the
   class, and every other pipeline, is untouched.
 """
 
@@ -28,9 +30,28 @@ def execution_device(pipe) -> torch.device:
     return pipe._execution_device
 
 
-def stop_after_this_step(pipe) -> None:
-    """From a step callback: skip the remaining denoising steps (the latents so far are returned)."""
-    pipe._interrupt = True
+class _StoppedAfterStep(Exception):
+    def __init__(self, latents: torch.Tensor):
+        super().__init__("stopped after this step")
+        self.latents = latents
+
+
+def stop_after_this_step(pipe, latents: torch.Tensor | None = None) -> None:
+    """From a step callback: skip the remaining denoising steps; the latents so far are what the call
+    (wrapped in `stoppable`) returns. `latents`: the step's, for pipelines that never read `_interrupt`."""
+    if isinstance(getattr(type(pipe), "interrupt", None), property):
+        pipe._interrupt = True
+    elif latents is not None:
+        raise _StoppedAfterStep(latents)
+
+
+def stoppable(call: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`call()` (a pipeline call with output_type="latent"), or the latents it had when a step
+    callback stopped it by `stop_after_this_step`."""
+    try:
+        return call()
+    except _StoppedAfterStep as stop:
+        return stop.latents
 
 
 def module_execution_device(module: torch.nn.Module) -> torch.device:
@@ -71,6 +92,35 @@ def img2img_noise(pipe, make_noise: NoiseMaker):
             init = pipe.vae.config.scaling_factor * init
         noise = make_noise(generators, tuple(init.shape[1:]), dtype).to(device=device, dtype=dtype)
         return pipe.scheduler.add_noise(init, noise, timestep)
+
+    pipe.prepare_latents = prepare_latents  # this instance only
+    try:
+        yield pipe
+    finally:
+        del pipe.prepare_latents
+
+
+@contextmanager
+def inpaint_noise(pipe, make_noise: NoiseMaker):
+    """As `img2img_noise`, for a StableDiffusionInpaintPipeline: its `prepare_latents` (0.42) also
+    serves a strength of 1 and hands back the noise and the picture's latents, which the blend of a
+    regular checkpoint's inpainting needs. The VAE sample is drawn first, as diffusers draws it."""
+
+    def prepare_latents(batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None,
+                        image=None, timestep=None, is_strength_max=True, return_noise=False, return_image_latents=False):
+        generators = generator if isinstance(generator, list) else [generator] * batch_size
+        shape = (num_channels_latents, int(height) // pipe.vae_scale_factor, int(width) // pipe.vae_scale_factor)
+        image_latents = None
+        if return_image_latents or not is_strength_max:
+            image = image.to(device=device, dtype=dtype)
+            image_latents = image if image.shape[1] == 4 else pipe._encode_vae_image(image=image, generator=generator)
+            image_latents = image_latents.repeat(batch_size // image_latents.shape[0], 1, 1, 1)
+        noise = make_noise(generators, shape, dtype).to(device=device, dtype=dtype)
+        if is_strength_max:
+            start = noise * pipe.scheduler.init_noise_sigma
+        else:
+            start = pipe.scheduler.add_noise(image_latents, noise, timestep)
+        return (start, *((noise,) if return_noise else ()), *((image_latents,) if return_image_latents else ()))
 
     pipe.prepare_latents = prepare_latents  # this instance only
     try:

@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from app.generation.depth import depth_arguments
-from app.generation.diffusers_internals import NoiseMaker, execution_device, img2img_noise, stop_after_this_step
+from app.generation.diffusers_internals import (
+    NoiseMaker,
+    execution_device,
+    img2img_noise,
+    inpaint_noise,
+    stop_after_this_step,
+    stoppable,
+)
 from app.generation.prompts import PromptEmbeddings
 from app.generation.requests import GenerationRequest
 
@@ -56,7 +63,7 @@ def run_batch(
 def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas, noise: NoiseMaker | None = None) -> torch.Tensor:
     def step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
         if on_step(step + 1, pipeline.num_timesteps, tensors["latents"]):
-            stop_after_this_step(pipeline)
+            stop_after_this_step(pipeline, tensors["latents"])
         return tensors
 
     device = execution_device(pipe)
@@ -89,9 +96,9 @@ def denoised_latents(pipe, request, embeddings, seeds, on_step, canvas: Canvas, 
     # touched in inference mode cannot be moved back to normal use (a step down the ladder).
     with torch.no_grad():
         if noise is not None and canvas.image is not None:
-            with img2img_noise(pipe, noise):
-                return pipe(**arguments).images
-        return pipe(**arguments).images
+            with (inpaint_noise if canvas.mask is not None else img2img_noise)(pipe, noise):
+                return stoppable(lambda: pipe(**arguments).images)
+        return stoppable(lambda: pipe(**arguments).images)
 
 
 def decoded(pipe, latents: torch.Tensor, vae_float32: bool = False) -> BatchImages:

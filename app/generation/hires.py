@@ -11,7 +11,7 @@ latents as its `image` for the latent upscalers (diffusers' img2img skips the VA
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 from PIL import Image
@@ -139,9 +139,11 @@ class HiresFix:
         self._models = models
 
     def run(self, job: Job, loaded: LoadedModel, pipe, embeddings: PromptEmbeddings, seeds: list[int],
-            noise: NoiseMaker | None, reporter: StepReporter, encode: Encoder) -> BatchImages | None:
+            noise: NoiseMaker | None, reporter: StepReporter, encode: Encoder,
+            second_pass_loras: Callable[[], ContextManager]) -> BatchImages | None:
         """Both passes for one batch; None when the job was interrupted or skipped in either
-        (a half-done hires picture is never handed on to be saved)."""
+        (a half-done hires picture is never handed on to be saved). `second_pass_loras()`: a block
+        in which the weights carry the hires prompts' LoRAs (when they name others)."""
         request: GenerationRequest = job.request
         second = second_pass(request)
         target = (second.width, second.height)
@@ -162,8 +164,8 @@ class HiresFix:
             samplers.SamplerChoice(second.sampler, second.schedule), loaded.scheduler_config, seeds
         )
         same_prompts = (second.prompt, second.negative_prompt) == (request.prompt, request.negative_prompt)
-        second_embeddings = embeddings if same_prompts else encode(second.prompt, second.negative_prompt)
-        with vae_tiling(img2img.vae, target[0] * target[1] > TILED_VAE_AREA):
+        with second_pass_loras(), vae_tiling(img2img.vae, target[0] * target[1] > TILED_VAE_AREA):
+            second_embeddings = embeddings if same_prompts else encode(second.prompt, second.negative_prompt)
             latents = denoised_latents(img2img, second, second_embeddings, seeds, reporter(target, request.steps, 0),
                                        Canvas(image=image))
             if _stopped(job):

@@ -54,23 +54,20 @@ def job_networks(library: NetworkLibrary, prompt: str, negative_prompt: str, tok
     return networks
 
 
-def infotext_keys(library: NetworkLibrary, networks: JobNetworks, embeddings_used: tuple[str, ...]) -> dict[str, str]:
-    """A1111's `Lora hashes` and `TI hashes` for the pictures of a job (keys only when there is something)."""
+def infotext_keys(library: NetworkLibrary, networks: JobNetworks, hires_networks: JobNetworks,
+                  embeddings_used: list[str]) -> dict[str, str]:
+    """A1111's `Lora hashes` and `TI hashes` for the pictures of a job, the hires prompts' included
+    (keys only when there is something)."""
     keys: dict[str, str] = {}
-    if networks.lora_hashes:
-        keys["Lora hashes"] = ", ".join(networks.lora_hashes)
+    lora_hashes = list(dict.fromkeys(networks.lora_hashes + hires_networks.lora_hashes))
+    if lora_hashes:
+        keys["Lora hashes"] = ", ".join(lora_hashes)
     by_name = {entry.name: entry for entry in library.embeddings}
-    ti = [f"{_infotext_name(name)}: {library.embedding_hash(by_name[name])}" for name in embeddings_used if name in by_name]
+    ti = [f"{_infotext_name(name)}: {library.embedding_hash(by_name[name])}"
+          for name in dict.fromkeys(embeddings_used) if name in by_name]
     if ti:
         keys["TI hashes"] = ", ".join(ti)
     return keys
-
-
-def text_width(text_encoder) -> int | None:
-    """The width of a text encoder's token embeddings (768 SD 1.x, 1024 SD 2.x)."""
-    config = getattr(text_encoder, "config", None)
-    width = getattr(config, "hidden_size", None)
-    return int(width) if isinstance(width, int) else None
 
 
 def _infotext_name(name: str) -> str:

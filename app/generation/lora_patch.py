@@ -10,7 +10,7 @@ between offload hooks, or in accelerate's CPU copy under sequential offload.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,6 +24,20 @@ class ActiveLora:
     file: LoraFile
     te_multiplier: float
     unet_multiplier: float
+
+
+def swapped(first: list[ActiveLora], second: list[ActiveLora]) -> list[ActiveLora]:
+    """What to add to weights that carry `first` so that they carry `second` instead: `first` taken
+    out again (negative multipliers), then `second`; nothing when the two are the same."""
+    if _called(first) == _called(second):
+        return []
+    taken_out = [replace(lora, te_multiplier=-lora.te_multiplier, unet_multiplier=-lora.unet_multiplier)
+                 for lora in first]
+    return taken_out + second
+
+
+def _called(loras: list[ActiveLora]) -> list[tuple]:
+    return [(lora.name, id(lora.file), lora.te_multiplier, lora.unet_multiplier) for lora in loras]
 
 
 @contextmanager

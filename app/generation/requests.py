@@ -150,9 +150,6 @@ class GenerationRequest:
         # A1111's API sends -1 for "off"; anything up to 0 is off.
         resize = [max(0, integer(side, what, -1, MAX_SIZE)) for side, what in
                   ((self.seed_resize_from_w, "Resize seed from width"), (self.seed_resize_from_h, "Resize seed from height"))]
-        if self.mask is not None and (strength > 0 or min(resize) > 0):
-            raise InvalidRequest("Variation seeds are not available for inpainting yet. Set the variation strength "
-                                 "and the resize-seed sizes to 0, or use image to image.")
         if 0 < min(resize) < SIZE_STEP:
             raise InvalidRequest(f"Resize seed from needs at least {SIZE_STEP} pixels a side, or 0 to turn it off.")
         seed = integer(self.subseed, "Variation seed", -1, MAX_SEED) if self.subseed is not None else -1

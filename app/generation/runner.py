@@ -14,9 +14,9 @@ from app.generation import samplers
 from app.generation.a1111 import variation_keys
 from app.generation.canvas import prepared
 from app.generation.diffusion import StepCallback, run_batch
-from app.generation.hires import HiresFix
-from app.generation.job_networks import JobNetworks, infotext_keys, job_networks, text_width
-from app.generation.lora_patch import loras_applied
+from app.generation.hires import HiresFix, second_pass
+from app.generation.job_networks import JobNetworks, infotext_keys, job_networks
+from app.generation.lora_patch import loras_applied, swapped
 from app.generation.memory_retry import with_memory_retry
 from app.generation.noise import Variation, noise_maker
 from app.generation.outputs import OutputWriter
@@ -76,25 +76,35 @@ class GenerationRunner:
     def _next_batch(self, job: Job, loaded: LoadedModel, partial: _Partial) -> None:
         request: GenerationRequest = job.request
         pipe = self._models.pipeline_for(job.kind)
-        networks = self._job_networks(request, pipe)
+        networks = self._job_networks(request.prompt, request.negative_prompt, pipe, loaded)
+        # A hires prompt of its own may name other LoRAs: A1111 swaps them in for the second pass.
+        hires = second_pass(request) if request.enable_hr else request
+        hires_networks = self._job_networks(hires.prompt, hires.negative_prompt, pipe, loaded) \
+            if (hires.prompt, hires.negative_prompt) != (request.prompt, request.negative_prompt) else networks
         batch = partial.batch
         job.report(batch=batch, batches=request.batch_count, step=0)
         seeds = request.seeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
         subseeds = request.subseeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
-        notes = list(networks.notes)
+        notes = list(dict.fromkeys(networks.notes + hires_networks.notes))
+        embeddings_used: list[str] = []
         # The LoRAs are in the weights for this turn only: another user's job may run before the next.
         with loras_applied(pipe, networks.loras, loaded.entry.title, notes):
             def encode(prompt: str, negative: str) -> PromptEmbeddings:
-                return encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, prompt, negative, request.clip_skip,
-                                          networks.lookup)
+                encoded = encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, prompt, negative, request.clip_skip,
+                                             networks.lookup)
+                embeddings_used.extend(encoded.embeddings_used)
+                return encoded
+
+            def second_pass_loras():
+                return loras_applied(pipe, swapped(networks.loras, hires_networks.loras), loaded.entry.title, notes)
 
             embeddings = encode(request.prompt, request.negative_prompt)
             pictures = with_memory_retry(
-                lambda: self._batch(job, loaded, embeddings, seeds, subseeds, encode), self._models.degrade,
-                partial.notes,
+                lambda: self._batch(job, loaded, embeddings, seeds, subseeds, encode, second_pass_loras),
+                self._models.degrade, partial.notes,
             )
         partial.notes += [note for note in notes if note not in partial.notes]
-        network_keys = infotext_keys(self._networks, networks, embeddings.embeddings_used) if self._networks else {}
+        network_keys = infotext_keys(self._networks, networks, hires_networks, embeddings_used) if self._networks else {}
         if self._safety is not None:  # before the watermark and the save: nothing unfiltered is written
             pictures, notes = self._safety.filtered(pictures)
             partial.notes += notes
@@ -104,7 +114,7 @@ class GenerationRunner:
         partial.batch += 1
 
     def _batch(self, job: Job, loaded: LoadedModel, embeddings: PromptEmbeddings, seeds: list[int],
-               subseeds: list[int], encode) -> list[Image.Image]:
+               subseeds: list[int], encode, second_pass_loras) -> list[Image.Image]:
         """One batch's finished pictures; none when a hires batch was stopped half-way."""
         request: GenerationRequest = job.request
         pipe = self._models.pipeline_for(job.kind)  # again: a step down may have moved it
@@ -116,7 +126,7 @@ class GenerationRunner:
         canvas = prepared(request)
         if request.enable_hr:
             batch = self._hires.run(job, loaded, pipe, embeddings, seeds, noise, lambda *at: self._on_step(job, *at),
-                                    encode)
+                                    encode, second_pass_loras)
         else:
             on_step = self._on_step(job, (request.width, request.height))
             batch = run_batch(pipe, request, embeddings, seeds, on_step, loaded.vae_float32, canvas.canvas, noise)
@@ -140,11 +150,10 @@ class GenerationRunner:
 
         return on_step
 
-    def _job_networks(self, request: GenerationRequest, pipe) -> JobNetworks:
+    def _job_networks(self, prompt: str, negative_prompt: str, pipe, loaded: LoadedModel) -> JobNetworks:
         if self._networks is None:
             return JobNetworks()
-        return job_networks(self._networks, request.prompt, request.negative_prompt, pipe.tokenizer,
-                            text_width(pipe.text_encoder))
+        return job_networks(self._networks, prompt, negative_prompt, pipe.tokenizer, loaded.text_width)
 
 
 def _notes(entry: ModelEntry) -> list[str]:

@@ -79,8 +79,8 @@ def missing_estimator() -> str:
     """What to do when a depth model has neither an uploaded depth map nor an estimator."""
     helper = estimator_helper()
     return (
-        f"This SD 2 depth model needs a depth map: upload one as the depth map (lighter is nearer), or install "
-        f"the depth estimator '{helper.title}' from the download catalog: save {', '.join(helper.files)} from "
-        f"https://huggingface.co/{helper.repository} into the folder '{helper.folder}' inside the models folder "
+        f"This SD 2 depth model needs a depth map: upload one as the depth map (lighter is nearer), or download "
+        f"the depth estimator '{helper.title}' under \"Download a model\" at the top of the page, or save "
+        f"{', '.join(helper.files)} from https://huggingface.co/{helper.repository} into the folder '{helper.folder}' inside the models folder "
         f"(beside 'Stable-diffusion'), then run it again."
     )

@@ -290,8 +290,9 @@ def download_model(
     return final
 
 
-def download_helper(helper: HelperEntry, dest_dir: Path, cancel: threading.Event | None = None) -> Path:
+def download_helper(helper: HelperEntry, dest_dir: Path, cancel: threading.Event | None = None,
+                    on_progress: Callable[[DownloadProgress], None] | None = None) -> Path:
     """Each file of a helper model (catalog `helpers`) into `dest_dir`, as `download_model` fetches one."""
     for entry in helper.file_entries():
-        download_model(entry, dest_dir, cancel=cancel)
+        download_model(entry, dest_dir, on_progress=on_progress, cancel=cancel)
     return Path(dest_dir)

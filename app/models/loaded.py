@@ -25,6 +25,13 @@ class LoadedModel:
     vae: VaeEntry | None = None     # a VAE from models/VAE/ in place of the checkpoint's own
     own_vae: object = None          # the checkpoint's own VAE while another one is in use
 
+    @property
+    def text_width(self) -> int | None:
+        """The width of the text encoder's token embeddings (768 SD 1.x, 1024 SD 2.x): what an
+        embedding's vectors must have; None for a model without a text encoder."""
+        width = getattr(getattr(getattr(self.base, "text_encoder", None), "config", None), "hidden_size", None)
+        return width if isinstance(width, int) else None
+
     def pipelines(self) -> list[DiffusionPipeline]:
         return [self.base, *self.siblings.values()]
 

@@ -138,7 +138,7 @@ class ModelManager:
         if not family.makes_images and not own_kind:
             also = ", or use image to image with this one" if family.is_depth else ""
             raise InvalidRequest(
-                f"'{loaded.entry.title}' is a {family.label} checkpoint, for {family.use}. "
+                f"'{loaded.entry.title}' is an {family.label} checkpoint, for {family.use}. "
                 f"Choose a regular SD 1.x or 2.x checkpoint at the top of the page for {kind.value}{also}."
             )
         pipe = loaded.pipeline(kind, self.plan)

@@ -201,11 +201,19 @@ def test_image_to_image_variation_0_noise_path_is_exact_and_strength_changes_it(
     assert np.abs(pixels(varied.image) - plain).mean() > 0
 
 
-def test_inpaint_variation_is_refused_with_a_sentence(hires_engine):
-    picture = Image.new("RGB", (64, 64), "white")
-    mask = Image.new("L", (64, 64), 255)
-    with pytest.raises(InvalidRequest, match="not available for inpainting"):
-        hires_engine.submit(tiny(init_image=picture, mask=mask, subseed_strength=0.3))
+@pytest.mark.parametrize("strength", [0.7, 1.0])
+def test_inpaint_variation_0_noise_path_is_exact_and_strength_changes_it(hires_engine, strength):
+    start = first_image(hires_engine, tiny()).image
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpaint = dict(init_image=start, mask=mask, strength=strength)
+    plain = pixels(first_image(hires_engine, tiny(**inpaint)).image)
+    # seed resize from the same size: the variation path with the seed's own noise.
+    same = first_image(hires_engine, tiny(**inpaint, seed_resize_from_w=64, seed_resize_from_h=64))
+    assert np.array_equal(plain, pixels(same.image))
+    varied = first_image(hires_engine, tiny(**inpaint, subseed=5, subseed_strength=0.5))
+    assert np.abs(pixels(varied.image) - plain).mean() > 0
+    assert parse_infotext(varied.parameters)["Variation seed strength"] == "0.5"
 
 
 def test_png_info_fields_paste_into_the_page_with_hires_and_variations_off_when_not_written(hires_engine):

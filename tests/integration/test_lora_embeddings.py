@@ -224,3 +224,30 @@ def test_a_png_pasted_back_applies_its_lora_and_embedding_again(networks_engine)
     again = networks_engine.generate(GenerationRequest(**{**info.request, "save": False}))
     assert np.array_equal(pixels(again), pixels(made))
     assert again.images[0].parameters == made.images[0].parameters
+
+
+def hires(engine, prompt, hr_prompt=""):
+    return engine.generate(GenerationRequest(prompt=prompt, hr_prompt=hr_prompt, steps=2, width=64, height=64, seed=11,
+                                             enable_hr=True, hr_scale=1.5, strength=0.6, save=False))
+
+
+def test_a_hires_prompt_swaps_in_its_own_loras_for_the_second_pass_and_records_them(networks_engine):
+    plain = pixels(generate(networks_engine, "a red fox"))
+    same = hires(networks_engine, "a red fox")
+    hr_lora = hires(networks_engine, "a red fox", "a red fox <lora:peft:1>")
+    assert not np.array_equal(pixels(same), pixels(hr_lora))
+    hashes = parse_infotext(hr_lora.images[0].parameters)["Lora hashes"]
+    assert hashes.startswith("peft: ") and "kohya" not in hashes
+
+    # A LoRA in the first prompt only is taken out for a hires prompt without it.
+    first_only = hires(networks_engine, "a red fox <lora:kohya:1>", "a red fox")
+    both = hires(networks_engine, "a red fox <lora:kohya:1>")
+    assert not np.array_equal(pixels(first_only), pixels(both))
+    assert parse_infotext(first_only.images[0].parameters)["Lora hashes"].startswith("kohya: ")
+    assert np.array_equal(pixels(generate(networks_engine, "a red fox")), plain)  # nothing left behind
+    assert np.array_equal(pixels(hires(networks_engine, "a red fox")), pixels(same))
+
+
+def test_embeddings_in_a_hires_prompt_are_recorded(networks_engine):
+    result = hires(networks_engine, "a red fox", "a red fox, glowy")
+    assert parse_infotext(result.images[0].parameters)["TI hashes"].startswith("glowy: ")

@@ -162,3 +162,29 @@ def test_the_catalog_offers_the_checker_and_refuses_a_helper_path_outside_its_fo
                    "licence: l, description: d}\n")
     with pytest.raises(EaselError, match="outside its folder"):
         load_helpers(bad)
+
+
+def test_the_page_offers_each_helper_and_the_engine_fetches_it_into_its_folder(
+        tiny_models_dir, tiny_configs_dir, tmp_path, monkeypatch):
+    import app.engine
+    from app.errors import ModelNotFound
+    from ui.header import _catalog_choices
+
+    fetched = []
+
+    def fetch(entry, folder, cancel=None, on_progress=None):
+        fetched.append((entry.id, folder))
+        return folder
+
+    monkeypatch.setattr(app.engine, "download_helper", fetch)
+    settings = make_settings(tmp_path, tiny_models_dir, model_configs_dir=str(tiny_configs_dir))
+    engine = make_engine(settings)
+    try:
+        offered = [value for _label, value in _catalog_choices(engine)]
+        assert {"safety-checker", "depth-estimator"} <= set(offered)
+        assert engine.download_helper("depth-estimator") == settings.models_dir / "dpt-hybrid-midas"
+        assert fetched == [("depth-estimator", settings.models_dir / "dpt-hybrid-midas")]
+        with pytest.raises(ModelNotFound, match="no download called"):
+            engine.download_helper("../../etc")
+    finally:
+        engine.close()
