@@ -94,8 +94,9 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
                     elem_id="img2img-depth-map",
                 )
             controls = settings_column(engine, SECTION, values, preferences)
-            styles = styles_section(engine, SECTION, controls, preferences)
-            networks_section(engine, SECTION, controls)
+            with controls.below_prompts:
+                styles = styles_section(engine, SECTION, controls, preferences)
+                networks_section(engine, SECTION, controls)
         with gr.Column(scale=5):
             generate, results = results_column(SECTION, job, controls)
 

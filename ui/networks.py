@@ -45,7 +45,7 @@ def networks_section(engine: Engine, tab: str, controls: GenerationControls) -> 
     with gr.Accordion("LoRA and embeddings", open=False, elem_id=f"{tab}-networks"):
         with gr.Row(equal_height=True):
             search = gr.Textbox(label="Search", placeholder="Part of a name", scale=4, elem_id=f"{tab}-networks-search")
-            refresh = gr.Button("🔄", scale=0, min_width=50, elem_id=f"{tab}-networks-refresh")
+            refresh = gr.Button("Refresh", scale=0, min_width=90, elem_id=f"{tab}-networks-refresh")
         loras = gr.Dataset(label=f"LoRA (click to add to the prompt; files go into {folders.loras})",
                            components=[gr.Textbox(visible=False), gr.Textbox(visible=False)],
                            headers=["LoRA", "Alias"], samples=lora_rows(engine, ""), type="index",

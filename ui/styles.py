@@ -61,7 +61,7 @@ def styles_section(engine: Engine, tab: str, controls: GenerationControls, prefe
                                  info="Applied to the prompts at generation, in this order", scale=4,
                                  elem_id=f"{tab}-styles-chosen")
             apply = gr.Button("Apply styles to the prompt boxes", scale=1, min_width=120, elem_id=f"{tab}-styles-apply")
-            refresh = gr.Button("🔄", scale=0, min_width=50, elem_id=f"{tab}-styles-refresh")
+            refresh = gr.Button("Refresh", scale=0, min_width=90, elem_id=f"{tab}-styles-refresh")
         with gr.Row(equal_height=True):
             new_name = gr.Textbox(label="New style's name", placeholder="e.g. Cinematic", scale=4,
                                   elem_id=f"{tab}-styles-name")

@@ -27,8 +27,9 @@ def build_txt2img_tab(engine: Engine, preferences: Preferences) -> Txt2ImgTab:
     with gr.Row():
         with gr.Column(scale=5):
             controls = settings_column(engine, SECTION, values, preferences, hires=True)
-            styles = styles_section(engine, SECTION, controls, preferences)
-            networks_section(engine, SECTION, controls)
+            with controls.below_prompts:
+                styles = styles_section(engine, SECTION, controls, preferences)
+                networks_section(engine, SECTION, controls)
         with gr.Column(scale=5):
             generate, results = results_column(SECTION, job, controls)
 

@@ -47,6 +47,7 @@ class GenerationControls:
     seed_resize_from_h: gr.Slider
     reuse_seed: gr.Button      # wired by `wire_reuse_seed`, which knows the results
     hires: HiresControls | None = None  # text to image only
+    below_prompts: gr.Column | None = None  # a place right under the prompt boxes, for the tab to fill
 
     def names(self) -> tuple[str, ...]:
         """The request field of each of `inputs()`, in order."""
@@ -228,7 +229,9 @@ def reset_button(controls: GenerationControls, preferences, section: str) -> gr.
 def settings_column(engine: Engine, section: str, values: dict, preferences, hires: bool = False) -> GenerationControls:
     """Prompt boxes, generation settings (with hires fix's when `hires`) and the reset button of a tab."""
     prompt, negative = prompt_boxes(section, values)
+    below_prompts = gr.Column()  # filled by the tab (styles, LoRAs): `with controls.below_prompts:`
     controls = generation_controls(engine, section, prompt, negative, values, hires)
+    controls.below_prompts = below_prompts
     reset_button(controls, preferences, section)
     return controls
 
