@@ -11,7 +11,7 @@ latents as its `image` for the latent upscalers (diffusers' img2img skips the VA
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, ContextManager
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -140,10 +140,10 @@ class HiresFix:
 
     def run(self, job: Job, loaded: LoadedModel, pipe, embeddings: PromptEmbeddings, seeds: list[int],
             noise: NoiseMaker | None, reporter: StepReporter, encode: Encoder,
-            second_pass_loras: Callable[[], ContextManager]) -> BatchImages | None:
+            second_pass_loras: Callable[[], None]) -> BatchImages | None:
         """Both passes for one batch; None when the job was interrupted or skipped in either
-        (a half-done hires picture is never handed on to be saved). `second_pass_loras()`: a block
-        in which the weights carry the hires prompts' LoRAs (when they name others)."""
+        (a half-done hires picture is never handed on to be saved). `second_pass_loras()`: has the
+        weights carry the hires prompts' LoRAs (when they name others) from then on."""
         request: GenerationRequest = job.request
         second = second_pass(request)
         target = (second.width, second.height)
@@ -164,7 +164,8 @@ class HiresFix:
             samplers.SamplerChoice(second.sampler, second.schedule), loaded.scheduler_config, seeds
         )
         same_prompts = (second.prompt, second.negative_prompt) == (request.prompt, request.negative_prompt)
-        with second_pass_loras(), vae_tiling(img2img.vae, target[0] * target[1] > TILED_VAE_AREA):
+        second_pass_loras()
+        with vae_tiling(img2img.vae, target[0] * target[1] > TILED_VAE_AREA):
             second_embeddings = embeddings if same_prompts else encode(second.prompt, second.negative_prompt)
             latents = denoised_latents(img2img, second, second_embeddings, seeds, reporter(target, request.steps, 0),
                                        Canvas(image=image))

@@ -1,4 +1,5 @@
-"""LoRA updates added to a pipeline's UNet and text encoder for one turn of a job, then taken out.
+"""LoRA updates in a pipeline's UNet and text encoder: added for the jobs that ask for them, taken
+out before a job that asks for others or none (`LoraWeights`).
 
 The update of each layer is A1111's (`W += multiplier * alpha/rank * up @ down`, a LoHa's product,
 a conv kernel's reshape). Taking it out copies back the original tensors saved before the first
@@ -10,12 +11,12 @@ between offload hooks, or in accelerate's CPU copy under sequential offload.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from app.generation.diffusers_internals import stored_weight
-from app.models.lora_files import Component, LayerKey, LoraFile, ldm_unet_name
+from app.models.lora_files import Component, LayerKey, LoraFile, LoraLayer, ldm_unet_name
 
 
 @dataclass(frozen=True)
@@ -26,32 +27,66 @@ class ActiveLora:
     unet_multiplier: float
 
 
-def swapped(first: list[ActiveLora], second: list[ActiveLora]) -> list[ActiveLora]:
-    """What to add to weights that carry `first` so that they carry `second` instead: `first` taken
-    out again (negative multipliers), then `second`; nothing when the two are the same."""
-    if _called(first) == _called(second):
-        return []
-    taken_out = [replace(lora, te_multiplier=-lora.te_multiplier, unet_multiplier=-lora.unet_multiplier)
-                 for lora in first]
-    return taken_out + second
+@dataclass
+class LoraWeights:
+    """The LoRAs a model's weights carry between jobs, and the originals that give them back exactly.
+
+    Each job asks for its LoRAs (`carry`). The same ones as the last job's cost nothing, as in A1111
+    (adding a full LoRA to a full-size model moves gigabytes); other ones are swapped in: every saved
+    original copied back first, then the new updates added. Asking for none gives the checkpoint's
+    own weights back, bit for bit. Lives on the LoadedModel (`carried_loras`), so it goes with it.
+    """
+
+    saved: dict[tuple[Component, str], torch.Tensor] = field(default_factory=dict)
+    carried: list[ActiveLora] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what adding them said (misfits), repeated to every job
+
+    def carry(self, pipe, loras: list[ActiveLora], model_title: str, notes: list[str]) -> None:
+        """From now on the pipeline's layers carry exactly `loras` (a LoRA that does not fit the model is
+        left out with a sentence in `notes`)."""
+        if not _same(loras, self.carried):
+            self.release(pipe)
+            added: list[str] = []
+            try:
+                layers = _LayerIndex(pipe) if loras else None
+                for lora in loras:
+                    _apply(layers, lora, model_title, self.saved, added)
+            except BaseException:
+                self.release(pipe)  # never half a LoRA in the weights
+                raise
+            self.carried, self.notes = list(loras), added
+        notes.extend(note for note in self.notes if note not in notes)
+
+    def release(self, pipe) -> None:
+        """The checkpoint's own weights back."""
+        _restore(pipe, self.saved)
+        self.saved, self.carried, self.notes = {}, [], []
 
 
-def _called(loras: list[ActiveLora]) -> list[tuple]:
-    return [(lora.name, id(lora.file), lora.te_multiplier, lora.unet_multiplier) for lora in loras]
+def carried_loras(loaded) -> LoraWeights:
+    """The LoRA state of a LoadedModel (made on first use)."""
+    if loaded.lora_weights is None:
+        loaded.lora_weights = LoraWeights()
+    return loaded.lora_weights
+
+
+def _same(wanted: list[ActiveLora], carried: list[ActiveLora]) -> bool:
+    """The same files (the same parsed objects: a changed file is parsed anew) with the same multipliers."""
+    return len(wanted) == len(carried) and all(
+        a.name == b.name and a.file is b.file and (a.te_multiplier, a.unet_multiplier) == (b.te_multiplier, b.unet_multiplier)
+        for a, b in zip(wanted, carried))
 
 
 @contextmanager
 def loras_applied(pipe, loras: list[ActiveLora], model_title: str, notes: list[str]):
-    """Within the block the pipeline's layers carry the LoRAs' updates; a LoRA that does not fit
-    the model is left out with a sentence in `notes`."""
-    saved: dict[tuple[Component, str], torch.Tensor] = {}
+    """Within the block the pipeline's layers carry the LoRAs' updates (then exactly the original
+    weights again): `LoraWeights` for one block."""
+    weights = LoraWeights()
     try:
-        layers = _LayerIndex(pipe) if loras else None
-        for lora in loras:
-            _apply(layers, lora, model_title, saved, notes)
+        weights.carry(pipe, loras, model_title, notes)
         yield
     finally:
-        _restore(pipe, saved)
+        weights.release(pipe)
 
 
 class _LayerIndex:
@@ -89,7 +124,7 @@ def _ldm_names(unet, named: dict[str, torch.nn.Module]) -> dict[str, str]:
 
 
 def _apply(layers: _LayerIndex, lora: ActiveLora, model_title: str, saved: dict, notes: list[str]) -> None:
-    updates: list[tuple[Component, str, torch.Tensor, torch.Tensor]] = []
+    updates: list[tuple[Component, str, torch.Tensor, LoraLayer]] = []
     unmatched = list(lora.file.unknown)
     for key, layer in lora.file.layers.items():
         found = layers.find(key)
@@ -98,13 +133,12 @@ def _apply(layers: _LayerIndex, lora: ActiveLora, model_title: str, saved: dict,
             continue
         name, module = found
         weight = stored_weight(module)
-        delta = layer.delta(weight.shape)
-        if delta is None:
+        if layer.delta(weight.shape, meta=True) is None:  # sizes only: the real update is made layer by layer below
             notes.append(f"The LoRA '{lora.name}' does not fit '{model_title}': its layers have other sizes, so it "
                          "was made for another model family (SD 1.x and SD 2.x LoRAs do not mix). "
                          "The picture was made without it.")
             return
-        updates.append((key.component, name, weight, delta))
+        updates.append((key.component, name, weight, layer))
     if not updates:
         notes.append(f"None of the layers of the LoRA '{lora.name}' is in '{model_title}': its layout is unknown or "
                      "it is for another kind of model. The picture was made without it.")
@@ -113,13 +147,14 @@ def _apply(layers: _LayerIndex, lora: ActiveLora, model_title: str, saved: dict,
         notes.append(f"{len(unmatched)} of the layers of the LoRA '{lora.name}' are not in '{model_title}' and were "
                      "left out (A1111 leaves them out too).")
     with torch.no_grad():
-        for component, name, weight, delta in updates:
+        for component, name, weight, layer in updates:
             multiplier = lora.te_multiplier if component is Component.TEXT_ENCODER else lora.unet_multiplier
             if multiplier == 0:
                 continue  # weight 0: the layer stays exactly as it was
             if (component, name) not in saved:
                 saved[(component, name)] = weight.detach().to("cpu", copy=True)
-            updated = weight.float() + delta.to(weight.device) * multiplier
+            # One layer's float32 update at a time: all of a full LoRA's at once would be gigabytes.
+            updated = weight.float() + layer.delta(weight.shape).to(weight.device) * multiplier
             weight.copy_(updated.to(weight.dtype))
 
 

@@ -16,7 +16,7 @@ from app.generation.canvas import prepared
 from app.generation.diffusion import StepCallback, run_batch
 from app.generation.hires import HiresFix, second_pass
 from app.generation.job_networks import JobNetworks, infotext_keys, job_networks
-from app.generation.lora_patch import loras_applied, swapped
+from app.generation.lora_patch import carried_loras
 from app.generation.memory_retry import with_memory_retry
 from app.generation.noise import Variation, noise_maker
 from app.generation.outputs import OutputWriter
@@ -87,22 +87,29 @@ class GenerationRunner:
         subseeds = request.subseeds()[batch * request.batch_size : (batch + 1) * request.batch_size]
         notes = list(dict.fromkeys(networks.notes + hires_networks.notes))
         embeddings_used: list[str] = []
-        # The LoRAs are in the weights for this turn only: another user's job may run before the next.
-        with loras_applied(pipe, networks.loras, loaded.entry.title, notes):
-            def encode(prompt: str, negative: str) -> PromptEmbeddings:
-                encoded = encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, prompt, negative, request.clip_skip,
-                                             networks.lookup)
-                embeddings_used.extend(encoded.embeddings_used)
-                return encoded
+        # The weights carry the job's LoRAs from here; the next job that asks for others (or none) swaps
+        # them out first, so a job without a tag always runs on the checkpoint's own weights.
+        loras = carried_loras(loaded)
 
-            def second_pass_loras():
-                return loras_applied(pipe, swapped(networks.loras, hires_networks.loras), loaded.entry.title, notes)
+        def first_pass_loras() -> None:
+            loras.carry(pipe, networks.loras, loaded.entry.title, notes)
 
-            embeddings = encode(request.prompt, request.negative_prompt)
-            pictures = with_memory_retry(
-                lambda: self._batch(job, loaded, embeddings, seeds, subseeds, encode, second_pass_loras),
-                self._models.degrade, partial.notes,
-            )
+        def encode(prompt: str, negative: str) -> PromptEmbeddings:
+            encoded = encode_prompt_pair(pipe.tokenizer, pipe.text_encoder, prompt, negative, request.clip_skip,
+                                         networks.lookup)
+            embeddings_used.extend(encoded.embeddings_used)
+            return encoded
+
+        def second_pass_loras() -> None:
+            loras.carry(pipe, hires_networks.loras, loaded.entry.title, notes)
+
+        def batch() -> list[Image.Image]:
+            first_pass_loras()  # again on a retry after running out of memory: hires may have swapped them
+            return self._batch(job, loaded, embeddings, seeds, subseeds, encode, second_pass_loras)
+
+        first_pass_loras()
+        embeddings = encode(request.prompt, request.negative_prompt)
+        pictures = with_memory_retry(batch, self._models.degrade, partial.notes)
         partial.notes += [note for note in notes if note not in partial.notes]
         network_keys = infotext_keys(self._networks, networks, hires_networks, embeddings_used) if self._networks else {}
         if self._safety is not None:  # before the watermark and the save: nothing unfiltered is written

@@ -24,6 +24,8 @@ class LoadedModel:
     vae_float32: bool = False       # half-precision decodes gave NaN once: decode in float32 from now on
     vae: VaeEntry | None = None     # a VAE from models/VAE/ in place of the checkpoint's own
     own_vae: object = None          # the checkpoint's own VAE while another one is in use
+    lora_weights: object = None     # app.generation.lora_patch.LoraWeights: the LoRAs its weights carry
+                                    # between jobs and their originals (dropped with the model)
 
     @property
     def text_width(self) -> int | None:

@@ -54,10 +54,11 @@ class LoraLayer:
     def complete(self) -> bool:
         return {"up", "down"} <= self.factors.keys() or {"w1a", "w1b", "w2a", "w2b"} <= self.factors.keys()
 
-    def delta(self, shape: torch.Size) -> torch.Tensor | None:
+    def delta(self, shape: torch.Size, meta: bool = False) -> torch.Tensor | None:
         """The update (without the user's multiplier) for a weight of `shape`, in float32; None when
-        its size does not fit that weight (a LoRA made for another model family)."""
-        f = {key: value.float() for key, value in self.factors.items()}
+        its size does not fit that weight (a LoRA made for another model family). `meta`: only its
+        size is worked out (on the "meta" device: no memory, no arithmetic), by the same steps."""
+        f = {key: (value.to("meta") if meta else value).float() for key, value in self.factors.items()}
         if "w1a" in f:  # LoHa: the elementwise product of two low-rank products
             rank = f["w1b"].shape[0]
             updown = (f["w1a"] @ f["w1b"]) * (f["w2a"] @ f["w2b"])

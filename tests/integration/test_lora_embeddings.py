@@ -251,3 +251,30 @@ def test_a_hires_prompt_swaps_in_its_own_loras_for_the_second_pass_and_records_t
 def test_embeddings_in_a_hires_prompt_are_recorded(networks_engine):
     result = hires(networks_engine, "a red fox", "a red fox, glowy")
     assert parse_infotext(result.images[0].parameters)["TI hashes"].startswith("glowy: ")
+
+
+def test_the_same_loras_stay_in_the_weights_between_jobs_and_go_when_a_job_asks_for_none(networks_engine):
+    from tests.conftest import models_of
+
+    plain = pixels(generate(networks_engine, "a red fox"))
+    first = generate(networks_engine, "a red fox <lora:kohya:0.8>")
+    carried = models_of(networks_engine).loaded.lora_weights
+    saved = dict(carried.saved)
+    assert saved  # the originals of the layers it changed
+    again = generate(networks_engine, "a red fox <lora:kohya:0.8>")
+    assert np.array_equal(pixels(first), pixels(again))
+    assert all(carried.saved[key] is tensor for key, tensor in saved.items())  # not added a second time
+
+    # Another weight is another LoRA state: swapped from the originals, not added on top.
+    stronger = generate(networks_engine, "a red fox <lora:kohya:1.6>")
+    assert not np.array_equal(pixels(stronger), pixels(first))
+    assert np.array_equal(pixels(generate(networks_engine, "a red fox <lora:kohya:0.8>")), pixels(first))
+
+    assert np.array_equal(pixels(generate(networks_engine, "a red fox")), plain)
+    assert carried.saved == {}  # the checkpoint's own weights back, nothing kept
+
+
+def test_a_lora_that_does_not_fit_is_noted_on_every_job_that_asks_for_it(networks_engine):
+    for _ in range(2):
+        result = generate(networks_engine, "a red fox <lora:other-family:1>")
+        assert any("does not fit" in note for note in result.notes)
