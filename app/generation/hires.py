@@ -167,8 +167,9 @@ class HiresFix:
         second_pass_loras()
         with vae_tiling(img2img.vae, target[0] * target[1] > TILED_VAE_AREA):
             second_embeddings = embeddings if same_prompts else encode(second.prompt, second.negative_prompt)
+            # The second pass's noise has the variation too, made at its size, as A1111's hires pass does.
             latents = denoised_latents(img2img, second, second_embeddings, seeds, reporter(target, request.steps, 0),
-                                       Canvas(image=image))
+                                       Canvas(image=image), noise)
             if _stopped(job):
                 return None
             return decoded(img2img, latents, vae_float32)

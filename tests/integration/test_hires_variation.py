@@ -163,6 +163,14 @@ def test_variation_strength_1_is_the_picture_of_the_variation_seed(hires_engine)
     assert np.array_equal(pixels(of_subseed.image), pixels(full.image))
 
 
+def test_with_hires_fix_strength_1_is_still_the_picture_of_the_variation_seed(hires_engine):
+    # A latent upscaler: a picture upscaler's second pass also samples the VAE's encoding from the seed.
+    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", strength=0.6)
+    of_subseed = first_image(hires_engine, tiny(seed=123, **hires))
+    full = first_image(hires_engine, tiny(seed=7, subseed=123, subseed_strength=1.0, **hires))
+    assert np.array_equal(pixels(of_subseed.image), pixels(full.image))  # both passes' noise is the subseed's
+
+
 def test_a_variation_changes_the_pixels_and_is_written_per_image(hires_engine):
     plain = pixels(first_image(hires_engine, tiny()).image)
     result = hires_engine.generate(tiny(subseed=40, subseed_strength=0.2, batch_size=2), timeout=TIMEOUT)
