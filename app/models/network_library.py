@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,11 @@ class NetworkFolders:
     embeddings: Path
 
 
+# How many parsed LoRA files stay in memory between jobs (a full SD 1.5 LoRA is 10-200 MB). The ones
+# the weights carry are the most recent, so a job asking for them again finds them (lora_patch).
+PARSED_LORAS_KEPT = 4
+
+
 class NetworkLibrary:
     def __init__(self, models_dir: Path, cache_file: Path | None = None):
         self.lora_dirs = tuple(Path(models_dir) / name for name in LORA_SUBFOLDERS)
@@ -68,7 +74,8 @@ class NetworkLibrary:
         self._loras: list[LoraEntry] = []
         self._embeddings: list[EmbeddingEntry] = []
         self._embedding_stamps: dict[Path, list[int]] = {}
-        self._parsed: dict[Path, tuple[list[int], LoraFile]] = {}
+        # The LoRAs parsed last, most recent last: a few, not every file a long session ever used.
+        self._parsed: OrderedDict[Path, tuple[list[int], LoraFile]] = OrderedDict()
 
     @property
     def folders(self) -> NetworkFolders:
@@ -88,7 +95,7 @@ class NetworkLibrary:
                     if path.stem not in found:
                         found[path.stem] = _lora_entry(path)
             self._loras = sorted(found.values(), key=lambda e: (e.problem is not None, e.name.lower()))
-            self._parsed = {path: parsed for path, parsed in self._parsed.items() if path.is_file()}
+            self._parsed = OrderedDict((path, parsed) for path, parsed in self._parsed.items() if path.is_file())
             return self.loras
 
     def find_lora(self, name: str) -> LoraEntry | None:
@@ -104,10 +111,14 @@ class NetworkLibrary:
         with self._lock:
             cached = self._parsed.get(entry.path)
             if cached and cached[0] == stamp:
+                self._parsed.move_to_end(entry.path)
                 return cached[1]
         parsed = read_lora(entry.path)
         with self._lock:
             self._parsed[entry.path] = (stamp, parsed)
+            self._parsed.move_to_end(entry.path)
+            while len(self._parsed) > PARSED_LORAS_KEPT:
+                self._parsed.popitem(last=False)
         return parsed
 
     def lora_hash(self, entry: LoraEntry) -> str:

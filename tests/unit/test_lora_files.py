@@ -300,3 +300,19 @@ def test_a_lora_in_ldm_names_patches_the_same_layers_as_in_diffusers_names():
     assert sorted(changed) == ["down_blocks.0.resnets.0.conv1.weight",
                                "up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q.weight"]
     assert all(torch.equal(patched[0][k], patched[1][k]) for k in untouched)
+
+
+def test_only_the_last_few_parsed_loras_stay_in_memory(tmp_path):
+    from app.models.network_library import PARSED_LORAS_KEPT
+
+    (tmp_path / "Lora").mkdir()
+    for index in range(PARSED_LORAS_KEPT + 2):
+        tensors = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.randn(2, 8),
+                   "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.randn(8, 2)}
+        save_file(tensors, str(tmp_path / "Lora" / f"l{index}.safetensors"))
+    library = NetworkLibrary(tmp_path)
+    entries = library.refresh_loras()
+    parsed = [library.lora_file(entry) for entry in entries]
+    assert library.lora_file(entries[-1]) is parsed[-1]  # recent: kept
+    assert library.lora_file(entries[0]) is not parsed[0]  # the oldest was let go, and is read again
+    assert library.lora_file(entries[0]).layers.keys() == parsed[0].layers.keys()
