@@ -7,7 +7,7 @@ from app.engine import Engine
 from app.preferences import Preferences
 from ui.header import build_header
 from ui.history import build_history_tab
-from ui.img2img import INPAINT, SKETCH, UPLOAD, Img2ImgTab, build_img2img_tab, editor_value
+from ui.img2img import INPAINT, SKETCH, UPLOAD, Img2ImgTab, build_img2img_tab, depth_section_visible, editor_value
 from ui.pnginfo import PngInfoTab, build_pnginfo_tab
 from ui.runner import page_error
 from ui.txt2img import build_txt2img_tab
@@ -37,7 +37,7 @@ def build_ui(engine: Engine, preferences: Preferences | None = None, lan_urls: l
         if lan_urls:
             gr.Textbox("  ".join(lan_urls), label="Shared on your network: colleagues open", interactive=False,
                        buttons=["copy"], elem_id="lan-urls")
-        build_header(engine)
+        checkpoint_selected = build_header(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Text to image", id=TXT2IMG_TAB):
                 txt2img = build_txt2img_tab(engine, preferences)
@@ -53,6 +53,11 @@ def build_ui(engine: Engine, preferences: Preferences | None = None, lan_urls: l
             wire_send_to_img2img(results, img2img, tabs)
             wire_send_to_upscale(results, upscale, tabs)
         wire_pnginfo(pnginfo, txt2img.controls, img2img, tabs)
+        # The depth map upload follows the checkpoint: shown only for an SD 2 depth one.
+        checkpoint_selected.then(lambda: gr.update(visible=depth_section_visible(engine)), outputs=img2img.depth,
+                                 queue=False, api_visibility="private")
+        blocks.load(lambda: gr.update(visible=depth_section_visible(engine)), outputs=img2img.depth, queue=False,
+                    api_visibility="private")
     return blocks
 
 

@@ -86,7 +86,8 @@ def _progress_text(progress: DownloadProgress) -> str:
     return f"Downloading: {done:.2f}{total} at {progress.bytes_per_second / 1e6:.1f} MB/s"
 
 
-def build_header(engine: Engine) -> None:
+def build_header(engine: Engine):
+    """The header; returns the event of choosing a checkpoint, for the tabs to follow with `.then`."""
     folders = engine.model_folders()
     with gr.Row(equal_height=True):
         choices = _choices(engine)
@@ -180,9 +181,11 @@ def build_header(engine: Engine) -> None:
             event.set()
         return "Cancelling… the part downloaded so far is kept, and the download resumes next time."
 
-    checkpoint.change(select, inputs=checkpoint, outputs=[status, prediction], concurrency_id="generate", api_name="select_checkpoint")
+    selected = checkpoint.change(select, inputs=checkpoint, outputs=[status, prediction], concurrency_id="generate",
+                                 api_name="select_checkpoint")
     refresh.click(rescan, outputs=[checkpoint, vae, status], queue=False, api_name="refresh_checkpoints")
     vae.input(select_vae, inputs=vae, outputs=status, concurrency_id="generate", api_name="select_vae")
     prediction.input(set_prediction, inputs=prediction, outputs=status, concurrency_id="generate", api_visibility="private")
     start.click(download, inputs=wanted, outputs=[cancel_event, download_status, checkpoint, status], api_visibility="private")
     stop.click(cancel, inputs=cancel_event, outputs=download_status, queue=False, api_visibility="private")
+    return selected

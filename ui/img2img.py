@@ -32,6 +32,13 @@ class Img2ImgTab:
     controls: GenerationControls
     strength: gr.Slider
     results: ResultsPanel
+    depth: gr.Accordion        # shown while an SD 2 depth checkpoint is active (see `depth_section`)
+
+
+def depth_section_visible(engine: Engine) -> bool:
+    """The depth map upload matters only while an SD 2 depth checkpoint is active."""
+    active = engine.active_checkpoint()
+    return active is not None and active.family.is_depth
 
 
 def blank_canvas(width: int, height: int) -> dict:
@@ -87,7 +94,8 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
                     list(RESIZE_LABELS), value="Just resize", label="Otherwise, to width x height:",
                     elem_id="img2img-resize-mode",
                 )
-            with gr.Accordion("Depth map (SD 2 depth models only)", open=False, elem_id="img2img-depth"):
+            with gr.Accordion("Depth map (SD 2 depth models only)", open=False, elem_id="img2img-depth",
+                              visible=depth_section_visible(engine)) as depth:
                 depth_map = gr.Image(
                     label="Depth map: greyscale, lighter is nearer. Empty: estimated from the picture",
                     type="pil", image_mode=None, sources=("upload", "clipboard"), height=240,
@@ -129,7 +137,7 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
         api_name="img2img",
         concurrency_id="generate",
     )
-    return Img2ImgTab(modes, mode, upload, sketch, inpaint, controls, strength, results)
+    return Img2ImgTab(modes, mode, upload, sketch, inpaint, controls, strength, results, depth)
 
 
 def _picture_and_mask(mode: str, uploaded, drawn: dict | None, painted: dict | None):

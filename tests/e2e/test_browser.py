@@ -399,3 +399,27 @@ def test_a_lora_from_the_list_and_hires_fix_make_a_bigger_picture_that_records_b
     assert fields["Size"] == "64x64" and fields["Hires upscale"] == "1.5" and fields["Hires upscaler"] == "Latent"
     assert fields["Lora hashes"].startswith("e2e-ink: ")
     assert "Couldn't find" not in page.locator("#txt2img-status").inner_text()
+
+
+def choose_checkpoint(page: Page, title: str) -> None:
+    box = page.locator("#checkpoint input")
+    box.click()
+    box.fill(title)
+    page.get_by_role("option", name=title, exact=True).click()
+    expect(page.locator("#model-status")).to_contain_text(f"Active checkpoint: {title}", timeout=UI_TIMEOUT_MS)
+
+
+def test_the_depth_map_upload_shows_only_while_a_depth_checkpoint_is_active(page, served, screenshot):
+    from app.models.families import Family
+    from tools.tiny_models import save_tiny_model
+
+    save_tiny_model(served.models / "Stable-diffusion" / "tiny-depth", Family.SD2_DEPTH)
+    page.get_by_role("tab", name="Image to image").click()
+    depth = page.locator("#img2img-depth")
+    expect(depth).to_be_hidden()
+    page.locator("#checkpoint-refresh").click()
+    choose_checkpoint(page, "tiny-depth")
+    expect(depth).to_be_visible(timeout=UI_TIMEOUT_MS)
+    screenshot("depth-shown")
+    choose_checkpoint(page, "tiny-sd15")
+    expect(depth).to_be_hidden(timeout=UI_TIMEOUT_MS)
