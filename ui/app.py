@@ -10,6 +10,7 @@ from ui.history import build_history_tab
 from ui.img2img import INPAINT, SKETCH, UPLOAD, Img2ImgTab, build_img2img_tab, depth_section_visible, editor_value
 from ui.pnginfo import PngInfoTab, build_pnginfo_tab
 from ui.runner import page_error
+from ui.styles import keep_in_step
 from ui.txt2img import build_txt2img_tab
 from ui.upscale import UpscaleTab, build_upscale_tab
 from ui.widgets import GenerationControls, ResultsPanel, pasted_values
@@ -53,6 +54,7 @@ def build_ui(engine: Engine, preferences: Preferences | None = None, lan_urls: l
             wire_send_to_img2img(results, img2img, tabs)
             wire_send_to_upscale(results, upscale, tabs)
         wire_pnginfo(pnginfo, txt2img.controls, img2img, tabs)
+        keep_in_step([txt2img.styles, img2img.styles], engine, blocks)
         # The depth map upload follows the checkpoint: shown only for an SD 2 depth one.
         checkpoint_selected.then(lambda: gr.update(visible=depth_section_visible(engine)), outputs=img2img.depth,
                                  queue=False, api_visibility="private")

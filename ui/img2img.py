@@ -12,7 +12,7 @@ from app.images.transform import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, 
 from app.preferences import Preferences
 from ui import runner
 from ui.networks import networks_section
-from ui.styles import remember_styles, styles_section
+from ui.styles import StylesSection, remember_styles, styles_section
 from ui.widgets import GenerationControls, ResultsPanel, remembered, request_fields, results_column, settings_column
 
 SECTION = "img2img"
@@ -32,7 +32,8 @@ class Img2ImgTab:
     controls: GenerationControls
     strength: gr.Slider
     results: ResultsPanel
-    depth: gr.Accordion        # shown while an SD 2 depth checkpoint is active (see `depth_section`)
+    depth: gr.Accordion        # shown while an SD 2 depth checkpoint is active (see `depth_section_visible`)
+    styles: StylesSection
 
 
 def depth_section_visible(engine: Engine) -> bool:
@@ -132,12 +133,12 @@ def build_img2img_tab(engine: Engine, preferences: Preferences) -> Img2ImgTab:
     generate.click(
         run,
         inputs=[mode, upload, sketch, inpaint, strength, keep_size, resize_mode, mask_blur, area, padding, depth_map,
-                *controls.inputs(), styles],
+                *controls.inputs(), styles.chosen],
         outputs=[job, *results.outputs()],
         api_name="img2img",
         concurrency_id="generate",
     )
-    return Img2ImgTab(modes, mode, upload, sketch, inpaint, controls, strength, results, depth)
+    return Img2ImgTab(modes, mode, upload, sketch, inpaint, controls, strength, results, depth, styles)
 
 
 def _picture_and_mask(mode: str, uploaded, drawn: dict | None, painted: dict | None):

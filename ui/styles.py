@@ -2,6 +2,8 @@
 the prompt boxes (A1111's ✎ button), save the boxes as a new style. The styles file's problem, if
 it has one, is shown here."""
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from app.engine import Engine
@@ -51,8 +53,32 @@ def saved_from_boxes(engine: Engine, name: str | None, prompt: str | None, negat
     return f"Saved the style **{style.name}**."
 
 
-def styles_section(engine: Engine, tab: str, controls: GenerationControls, preferences: Preferences) -> gr.Dropdown:
-    """The styles accordion; returns the multi-select whose value (names) a generation applies."""
+@dataclass
+class StylesSection:
+    chosen: gr.Dropdown   # the names a generation applies
+    saved: object         # the event of saving a style (other tabs follow it with `.then`)
+
+
+def current_choices(engine: Engine, selected: list[str] | None):
+    """The dropdown's update for the styles file as it is now, keeping the choices still there."""
+    names = _names(engine)
+    return gr.update(choices=names, value=[name for name in selected or [] if name in names])
+
+
+def keep_in_step(sections: list[StylesSection], engine: Engine, blocks: gr.Blocks) -> None:
+    """Every tab's list shows a style saved in another tab, and the file as it is when the page opens."""
+    private = dict(queue=False, api_visibility="private")
+    for section in sections:
+        for other in sections:
+            if other is not section:
+                section.saved.then(lambda selected: current_choices(engine, selected), inputs=other.chosen,
+                                   outputs=other.chosen, **private)
+        blocks.load(lambda selected: current_choices(engine, selected), inputs=section.chosen, outputs=section.chosen,
+                    **private)
+
+
+def styles_section(engine: Engine, tab: str, controls: GenerationControls, preferences: Preferences) -> StylesSection:
+    """The styles accordion."""
     names = _names(engine)
     chosen_before = [name for name in remembered_styles(preferences, tab) if name in names]
     with gr.Accordion("Styles", open=bool(chosen_before), elem_id=f"{tab}-styles"):
@@ -79,13 +105,12 @@ def styles_section(engine: Engine, tab: str, controls: GenerationControls, prefe
         return gr.update(choices=names, value=[n for n in selected or [] if n in names]), "", note
 
     def refreshed(selected: list[str] | None):
-        names = _names(engine)
-        return gr.update(choices=names, value=[n for n in selected or [] if n in names]), _problem_text(engine)
+        return current_choices(engine, selected), _problem_text(engine)
 
     private = dict(queue=False, api_visibility="private")
     apply.click(applied, inputs=[controls.prompt, controls.negative_prompt, chosen],
                 outputs=[controls.prompt, controls.negative_prompt, chosen], **private)
-    save.click(saved, inputs=[new_name, controls.prompt, controls.negative_prompt, chosen],
-               outputs=[chosen, new_name, message], **private)
+    saving = save.click(saved, inputs=[new_name, controls.prompt, controls.negative_prompt, chosen],
+                        outputs=[chosen, new_name, message], **private)
     refresh.click(refreshed, inputs=chosen, outputs=[chosen, message], **private)
-    return chosen
+    return StylesSection(chosen, saving)

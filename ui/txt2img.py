@@ -9,7 +9,7 @@ from app.generation.requests import GenerationRequest
 from app.preferences import Preferences
 from ui import runner
 from ui.networks import networks_section
-from ui.styles import remember_styles, styles_section
+from ui.styles import StylesSection, remember_styles, styles_section
 from ui.widgets import GenerationControls, ResultsPanel, remembered, request_fields, results_column, settings_column
 
 SECTION = "txt2img"
@@ -19,6 +19,7 @@ SECTION = "txt2img"
 class Txt2ImgTab:
     controls: GenerationControls
     results: ResultsPanel
+    styles: StylesSection
 
 
 def build_txt2img_tab(engine: Engine, preferences: Preferences) -> Txt2ImgTab:
@@ -43,9 +44,9 @@ def build_txt2img_tab(engine: Engine, preferences: Preferences) -> Txt2ImgTab:
 
     generate.click(
         run,
-        inputs=[*controls.inputs(), styles],
+        inputs=[*controls.inputs(), styles.chosen],
         outputs=[job, *results.outputs()],
         api_name="txt2img",
         concurrency_id="generate",
     )
-    return Txt2ImgTab(controls, results)
+    return Txt2ImgTab(controls, results, styles)

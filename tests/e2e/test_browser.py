@@ -423,3 +423,18 @@ def test_the_depth_map_upload_shows_only_while_a_depth_checkpoint_is_active(page
     screenshot("depth-shown")
     choose_checkpoint(page, "tiny-sd15")
     expect(depth).to_be_hidden(timeout=UI_TIMEOUT_MS)
+
+
+def test_a_style_saved_in_one_tab_is_offered_in_the_other(page, served, screenshot):
+    page.locator("#txt2img-prompt textarea").fill("{prompt}, watercolour")
+    page.locator("#txt2img-styles").get_by_text("Styles", exact=True).first.click()
+    page.locator("#txt2img-styles-name textarea, #txt2img-styles-name input").first.fill("E2E watercolour")
+    page.locator("#txt2img-styles-save").click()
+    expect(page.locator("#txt2img-styles-message")).to_contain_text("Saved the style", timeout=UI_TIMEOUT_MS)
+
+    page.get_by_role("tab", name="Image to image").click()
+    page.locator("#img2img-styles").get_by_text("Styles", exact=True).first.click()
+    page.locator("#img2img-styles-chosen input").click()
+    expect(page.get_by_role("option", name="E2E watercolour")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    screenshot("style-offered")
+    assert [style.name for style in served.engine.styles()].count("E2E watercolour") == 1
