@@ -113,4 +113,11 @@ def styles_section(engine: Engine, tab: str, controls: GenerationControls, prefe
     saving = save.click(saved, inputs=[new_name, controls.prompt, controls.negative_prompt, chosen],
                         outputs=[chosen, new_name, message], **private)
     refresh.click(refreshed, inputs=chosen, outputs=[chosen, message], **private)
+
+    def reset():
+        remember_styles(preferences, tab, [])
+        return gr.update(value=[])
+
+    if controls.reset is not None:
+        controls.reset.click(reset, outputs=chosen, **private)
     return StylesSection(chosen, saving)

@@ -48,6 +48,7 @@ class GenerationControls:
     reuse_seed: gr.Button      # wired by `wire_reuse_seed`, which knows the results
     hires: HiresControls | None = None  # text to image only
     below_prompts: gr.Column | None = None  # a place right under the prompt boxes, for the tab to fill
+    reset: gr.Button | None = None          # "Reset settings to defaults": sections of the tab follow it too
 
     def names(self) -> tuple[str, ...]:
         """The request field of each of `inputs()`, in order."""
@@ -232,7 +233,7 @@ def settings_column(engine: Engine, section: str, values: dict, preferences, hir
     below_prompts = gr.Column()  # filled by the tab (styles, LoRAs): `with controls.below_prompts:`
     controls = generation_controls(engine, section, prompt, negative, values, hires)
     controls.below_prompts = below_prompts
-    reset_button(controls, preferences, section)
+    controls.reset = reset_button(controls, preferences, section)
     return controls
 
 

@@ -438,3 +438,15 @@ def test_a_style_saved_in_one_tab_is_offered_in_the_other(page, served, screensh
     expect(page.get_by_role("option", name="E2E watercolour")).to_be_visible(timeout=UI_TIMEOUT_MS)
     screenshot("style-offered")
     assert [style.name for style in served.engine.styles()].count("E2E watercolour") == 1
+
+
+def test_reset_settings_also_clears_the_chosen_styles(page, served, screenshot):
+    served.engine.save_style("E2E reset", "{prompt}, charcoal", "")
+    page.reload()
+    page.locator("#txt2img-styles").get_by_text("Styles", exact=True).first.click()
+    page.locator("#txt2img-styles-chosen input").click()
+    page.get_by_role("option", name="E2E reset").click()
+    chosen = page.locator("#txt2img-styles-chosen")
+    expect(chosen).to_contain_text("E2E reset")
+    page.locator("#txt2img-reset").click()
+    expect(chosen).not_to_contain_text("E2E reset", timeout=UI_TIMEOUT_MS)
