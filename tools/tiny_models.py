@@ -54,17 +54,19 @@ def tiny_pipeline(family: Family = Family.SD1, seed: int = 0):
     )
 
 
+def _with_unet_inputs(base, in_channels: int, seed: int) -> dict:
+    """`base`'s modules, with a UNet of the same shape but `in_channels` inputs (inpainting: 9, depth: 5)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": in_channels}).eval()
+    return dict(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+                scheduler=base.scheduler)
+
+
 def _tiny_inpaint(family: Family, seed: int) -> StableDiffusionInpaintPipeline:
     """The tiny text-to-image model of the base family with an inpainting UNet (in_channels 9)."""
     base = tiny_pipeline(Family.SD1 if family is Family.SD1_INPAINT else Family.SD2, seed)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 9}).eval()
     return StableDiffusionInpaintPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=unet,
-        scheduler=base.scheduler,
+        **_with_unet_inputs(base, 9, seed),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -74,15 +76,8 @@ def _tiny_inpaint(family: Family, seed: int) -> StableDiffusionInpaintPipeline:
 def _tiny_depth(seed: int) -> StableDiffusionDepth2ImgPipeline:
     """SD 2 depth, tiny: the SD 2 base model with a UNet taking the depth map as a fifth channel.
     No estimator inside, as Easel loads it (see `save_tiny_depth_estimator`)."""
-    base = tiny_pipeline(Family.SD2, seed)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 5}).eval()
     return StableDiffusionDepth2ImgPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=unet,
-        scheduler=base.scheduler,
+        **_with_unet_inputs(tiny_pipeline(Family.SD2, seed), 5, seed),
         depth_estimator=None,
         feature_extractor=None,
     )

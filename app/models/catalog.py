@@ -71,13 +71,18 @@ def _catalog_entry(raw: dict, path: Path) -> CatalogEntry:
     )
 
 
+def _catalog_data(path: Path) -> object:
+    """The catalog file's content (checked by each reader for the part it reads)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as error:  # omegaconf/yaml raise many types; all mean "this file cannot be read"
+        raise EaselError(f"The model catalog {path} could not be read ({error}). Restore the original file.") from error
+
+
 def load_catalog(path: Path = CATALOG_FILE) -> list[CatalogEntry]:
     """The downloads Easel offers, in the catalog's order."""
     path = Path(path)
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as error:  # omegaconf/yaml raise many types; all mean "this file cannot be read"
-        raise EaselError(f"The model catalog {path} could not be read ({error}). Restore the original file.") from error
+    data = _catalog_data(path)
     raw_entries = data.get("models") if isinstance(data, dict) else None
     if not isinstance(raw_entries, list) or not all(isinstance(raw, dict) for raw in raw_entries):
         raise EaselError(f"The model catalog {path} has no 'models' list. Restore the original file.")
@@ -113,10 +118,7 @@ _HELPER_KEYS = ("id", "title", "repository", "folder", "files", "licence", "desc
 def load_helpers(path: Path = CATALOG_FILE) -> list[HelperEntry]:
     """The helper models of the catalog's `helpers` list."""
     path = Path(path)
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as error:  # omegaconf/yaml raise many types; all mean "this file cannot be read"
-        raise EaselError(f"The model catalog {path} could not be read ({error}). Restore the original file.") from error
+    data = _catalog_data(path)
     helpers = []
     for raw in (data.get("helpers") or []) if isinstance(data, dict) else []:
         missing = [key for key in _HELPER_KEYS if not isinstance(raw, dict) or key not in raw]
