@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "CPUs that do it in hardware)")
     parser.add_argument("--no-half", action="store_true", help="the same as --precision full (A1111's name)")
     parser.add_argument("--demo", action="store_true", help="add a tiny random model (draws noise) to try the app")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="do not compile the UNet in the background (it makes images faster after a few minutes)")
     parser.add_argument("--no-watermark", action="store_true", help="do not add the invisible watermark")
     parser.add_argument("--styles-file", type=Path, metavar="FILE",
                         help="the saved styles, in A1111's styles.csv format (default: styles.csv in the Easel folder)")
@@ -74,6 +76,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
         "precision": "full" if args.no_half else args.precision,
         "demo": True if args.demo else None,
         "watermark": False if args.no_watermark else None,
+        "torch_compile": False if args.no_compile else None,
         "styles_file": str(args.styles_file.resolve()) if args.styles_file else None,
         "auth": args.auth,
         "auth_file": str(args.auth_file.resolve()) if args.auth_file else None,
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.auth import server_access
     from app.engine import create_engine
+    from app.hardware import use_physical_cores
     from app.memory import freeze_imports
     from app.preferences import Preferences
     from app.settings import load_settings
@@ -158,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from ui.app import build_ui
 
     freeze_imports()  # before any model exists: see its docstring
+    use_physical_cores()
 
     try:
         settings = load_settings(settings_overrides(args))

@@ -60,22 +60,12 @@ SEQUENTIAL_OFFLOAD_MIN_VRAM = 2 * GIB
 # Attention slicing (worth it below ~6 GiB) and VAE tiling (below ~8 GiB) are not separate thresholds:
 # with the table above every card under 8 GiB is in an offload mode, so both come with those modes.
 
-# Measured: 20 steps at 512x512 plus the VAE decode took ~4.5 min on 2 AVX2 threads in float32, about
-# 540 thread-seconds. More threads help less than linearly (memory bandwidth), so this is a best case.
-CPU_THREAD_SECONDS_PER_IMAGE = 540
-
-
 def _gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.1f} GiB"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def cpu_minutes_per_image(threads: int) -> int:
-    """Rough minutes for a 512x512 image at 20 steps on the CPU in float32 (at least 1)."""
-    return max(1, round(CPU_THREAD_SECONDS_PER_IMAGE / max(1, threads) / 60))
 
 
 def _cpu_precision(facts: HardwareFacts, full_precision: bool) -> tuple[torch.dtype, str]:
@@ -91,7 +81,7 @@ def _cpu_precision(facts: HardwareFacts, full_precision: bool) -> tuple[torch.dt
 
 def _cpu_plan(facts: HardwareFacts, why: str, full_precision: bool) -> DevicePlan:
     dtype, precision = _cpu_precision(facts, full_precision)
-    threads, minutes = facts.cpu_threads, cpu_minutes_per_image(facts.cpu_threads)
+    threads = facts.cpu_threads
     # No attention slicing (it only slows the CPU down, RAM is plentiful) and no VAE tiling.
     return DevicePlan(
         "cpu",
@@ -99,8 +89,8 @@ def _cpu_plan(facts: HardwareFacts, why: str, full_precision: bool) -> DevicePla
         MemoryMode.CPU,
         False,
         False,
-        f"{why} Running on the CPU ({threads} thread{'s' if threads != 1 else ''}) in {precision}: "
-        f"expect roughly {minutes} minute{'s' if minutes != 1 else ''} per 512x512 image at 20 steps. "
+        # No time here: the header's speed line is measured on this machine (app.generation.speed).
+        f"{why} Running on the CPU ({threads} thread{'s' if threads != 1 else ''}) in {precision}. "
         f"An NVIDIA GPU makes this about 100x faster.",
     )
 

@@ -15,6 +15,7 @@ here, and splitting the facade would give the UI and the API two doors.
 """
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,8 +24,9 @@ import torch
 from PIL import Image
 
 from app.devices import DeviceOptions, MemoryMode, plan_device
-from app.errors import ModelNotFound
+from app.errors import InvalidRequest, ModelNotFound
 from app.generation import samplers
+from app.generation.fast_mode import lcm_lora
 from app.generation.hires import check_upscaler, hires_upscaler_names, second_pass, second_pass_steps
 from app.generation.infotext import PngInfo, png_info
 from app.generation.outputs import OutputWriter
@@ -32,6 +34,7 @@ from app.generation.requests import GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
 from app.generation.runner import GenerationRunner
 from app.generation.safety import SafetyFilter
+from app.generation.speed import Clock, SpeedMeter, speed_key, speed_sentence
 from app.generation.styles import Style, StyleBook, with_styles
 from app.generation.upscale import SD_X4_PREFIX, UpscalerChoice, UpscaleRequest, output_size, resampler_choices
 from app.generation.upscaling import UpscaleRunner
@@ -42,6 +45,7 @@ from app.jobs import Job
 from app.kinds import JobKind, UpscalerKind
 from app.memory import trim_heap
 from app.models.catalog import CatalogEntry, HelperEntry, load_catalog, load_helpers
+from app.models.compiled import BackgroundCompiler, compile_sentence
 from app.models.demo import DEMO_MODEL_NAME, save_demo_model
 from app.models.detect import Prediction
 from app.models.download import DownloadProgress, download_helper, download_model
@@ -49,20 +53,24 @@ from app.models.manager import ModelManager
 from app.models.network_library import EmbeddingsReport, LoraEntry, NetworkFolders, NetworkLibrary
 from app.models.registry import ModelEntry, ModelFolders, ModelRegistry, VaeEntry
 from app.models.safety_checker import SAFETY_CHECKER_ID, SafetyCheckerSlot
+from app.models.taesd import TAESD_ID, TaesdSlot
 from app.models.upscalers import UpscalerEntry
 from app.settings import Settings
 
 
 @dataclass(frozen=True)
 class EngineStatus:
-    device: str              # one sentence: where generation runs, in which precision, how fast to expect it
+    device: str              # one sentence: where generation runs, in which precision
     model: ModelEntry | None
     queued: int
     running: bool
+    speed: str = ""          # one sentence: what an image takes on this machine, measured
+    compiling: str = ""      # one sentence while the compiled mode is prepared, ready or unavailable
 
 
 class Engine:
-    def __init__(self, settings: Settings, models: ModelManager, store: OutputStore):
+    def __init__(self, settings: Settings, models: ModelManager, store: OutputStore, clock: Clock = time.monotonic):
+        """`clock`: what the speed meter times steps and decodes with (a test's fake one)."""
         self.settings = settings
         self._models = models
         self._registry = models.registry
@@ -72,13 +80,15 @@ class Engine:
         self._safety = safety_filter(settings, models)
         self._networks = NetworkLibrary(self._registry.models_dir, settings.cache_dir / "network-facts.json")
         self._networks.refresh_loras()
+        self._speed = SpeedMeter(clock)
+        self._taesd = taesd_slot(settings, models)
         self._generation = GenerationRunner(models, writer, preview_every=settings.preview_every, safety=self._safety,
-                                            networks=self._networks)
+                                            networks=self._networks, speed=self._speed, taesd=self._taesd)
         self._upscaling = UpscaleRunner(models, writer)
         # When the queue runs dry, what the last job freed (activations, decoded pictures) goes back to
         # the system (a few ms): otherwise the C heap keeps it, and a swap after a job looks like growth.
         self._queue = JobQueue(self._run, max_size=settings.queue_size, max_per_owner=settings.queue_per_user,
-                               on_idle=trim_heap)
+                               on_idle=trim_heap, estimate=self._turn_seconds)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -90,6 +100,10 @@ class Engine:
         if request.model is not None:
             request.model = self._registry.find(request.model).title  # unknown names fail now, not later
         check_upscaler(request, self.upscalers())
+        if request.easel_fast:  # no LCM-LoRA: the sentence saying what to download now, not at its turn
+            entry = self._registry.find(request.model) if request.model else self._models.active
+            if entry is not None:
+                lcm_lora(self._networks, entry.family)
         strength = request.strength if request.is_img2img else 1.0
         cost = request.steps * strength * request.batch_size * request.width * request.height / 512**2
         if request.enable_hr:  # the second pass: fewer steps, more pixels
@@ -145,8 +159,42 @@ class Engine:
         return self._queue.position(job)
 
     def eta_seconds(self, job: Job) -> float | None:
-        """Roughly how long until a waiting job runs (None until Easel has timed a similar job)."""
+        """Roughly how long until a waiting job's next turn (None: nothing measured to go by yet)."""
         return self._queue.eta_seconds(job)
+
+    def estimate_seconds(self, request: GenerationRequest) -> float | None:
+        """What `request` would take on this machine once its turn comes, from measured speed
+        (None before anything was measured, or for a request that could not run)."""
+        try:
+            return self._speed.job_seconds(request.validated())
+        except InvalidRequest:
+            return None
+
+    def seconds_left(self, job: Job) -> float | None:
+        """Roughly how long until `job` is done: its wait, then its own remaining batches, from
+        measured speed (a running one from its own measured step rate)."""
+        if job.kind is JobKind.UPSCALE:
+            return job.progress.eta_seconds() if job is self._queue.running else self.eta_seconds(job)
+        batch = self._speed.batch(job.request)
+        if batch is None:
+            return None
+        if job is self._queue.running:
+            now = self._turn_seconds(job)
+            return None if now is None else now + batch.total * (job.turns_left - 1)
+        wait = self.eta_seconds(job)
+        return None if wait is None else wait + batch.total * job.turns_left
+
+    def _turn_seconds(self, job: Job) -> float | None:
+        """Seconds left of a generation's running batch, or its whole next batch (the queue's ETAs)."""
+        if job.kind is JobKind.UPSCALE:
+            return None  # the queue times upscales itself
+        batch = self._speed.batch(job.request)
+        progress = job.progress
+        if batch is None or job is not self._queue.running or not progress.steps:
+            return None if batch is None else batch.total
+        left = max(0, progress.steps - progress.step)
+        steps = left * progress.step_seconds if progress.step_seconds else batch.steps_seconds * left / progress.steps
+        return steps + batch.decode_seconds
 
     @property
     def running_job(self) -> Job | None:
@@ -158,7 +206,20 @@ class Engine:
             model=self._models.active,
             queued=self._queue.waiting_count(),
             running=self._queue.running is not None,
+            speed=self._speed_sentence(),
+            compiling=compile_sentence(*self._models.compile_state()),
         )
+
+    def wait_until_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until the compiles asked for so far are done (benches); False on timeout."""
+        return self._models.wait_compiled(timeout)
+
+    def _speed_sentence(self) -> str:
+        active = self._models.active
+        if active is None:
+            return speed_sentence(self._speed, 512)
+        self._speed.follow(speed_key(active, self._models.plan))  # figures of another model say nothing
+        return speed_sentence(self._speed, active.family.native_size)
 
     # --- checkpoints and VAEs ---------------------------------------------------------------
 
@@ -178,8 +239,12 @@ class Engine:
         return self._models.active
 
     def select_checkpoint(self, title: str | None = None) -> ModelEntry:
-        """Make `title` (default: the first usable one) the active checkpoint, after the job running now."""
-        return self._models.load(title)
+        """Make `title` (default: the first usable one) the active checkpoint, after the job running now,
+        and measure its speed here (a short calibration)."""
+        entry = self._models.load(title)
+        if entry.family.makes_images:
+            self._generation.calibrate(entry.title)
+        return entry
 
     def set_prediction(self, title: str, prediction: Prediction) -> ModelEntry:
         """The user's v-prediction or epsilon choice for an SD 2.x single file; reloads it if active."""
@@ -330,6 +395,7 @@ class Engine:
         self._queue.close()
         self._models.close()
         self._safety.release()
+        self._taesd.release()
 
     def _run(self, job: Job):
         if job.kind is JobKind.UPSCALE:
@@ -353,7 +419,15 @@ def model_manager(settings: Settings, facts: HardwareFacts | None = None) -> Mod
         extra_roots = (settings.demo_models_dir,)
     registry = ModelRegistry(settings.models_dir, extra_roots, cache_file=settings.cache_dir / "model-facts.json")
     registry.refresh()
-    return ModelManager(registry, plan_device(facts, options), facts, settings.model_configs_dir)
+    compiler = BackgroundCompiler(settings.cache_dir / "torch-compile") if settings.torch_compile else None
+    return ModelManager(registry, plan_device(facts, options), facts, settings.model_configs_dir, compiler)
+
+
+def taesd_slot(settings: Settings, models: ModelManager) -> TaesdSlot:
+    """The tiny decoder's slot (models/taesd/), beside the checkpoint in its device and precision."""
+    on_gpu = models.plan.memory_mode is MemoryMode.FULL  # else the GPU is kept for the checkpoint
+    return TaesdSlot(settings.models_dir / TAESD_ID, models.plan.device if on_gpu else "cpu",
+                     models.plan.dtype if on_gpu or models.plan.device == "cpu" else torch.float32)
 
 
 def safety_filter(settings: Settings, models: ModelManager) -> SafetyFilter:

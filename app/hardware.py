@@ -104,6 +104,42 @@ def cpu_has_fast_bf16(cpuinfo: str) -> bool:
     return False
 
 
+def physical_cores(cpuinfo: str, usable: set[int] | None = None) -> int:
+    """How many physical cores the usable CPUs (default: all listed) are on; 0 if /proc/cpuinfo does not say.
+
+    Hyper-threads share a core's matrix units: a second torch thread per core only adds contention."""
+    cores, processor, physical = set(), None, "0"
+    for line in cpuinfo.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "processor":
+            processor = int(value) if value.isdigit() else None
+        elif key == "physical id":
+            physical = value
+        elif key == "core id" and (usable is None or processor in usable):
+            cores.add((physical, value))
+    return len(cores)
+
+
+def threads_for_torch() -> int:
+    """One torch thread per physical core this process may use (the logical CPU count where unknown)."""
+    try:
+        usable = os.sched_getaffinity(0)  # honours taskset and container CPU sets
+    except AttributeError:  # macOS, Windows
+        usable = None
+    cores = physical_cores(_read_text("/proc/cpuinfo"), usable)
+    return cores or (len(usable) if usable else os.cpu_count() or 1)
+
+
+def use_physical_cores() -> int:
+    """Give torch one thread per physical core (unless OMP_NUM_THREADS says otherwise); returns the count.
+    Called once at start-up, by the launcher (and the benches), before any model runs."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return torch.get_num_threads()
+    threads = threads_for_torch()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def meminfo_bytes(meminfo: str) -> tuple[int, int]:
     """(MemTotal, MemAvailable) in bytes from /proc/meminfo text; 0 for what is missing."""
     values = {}

@@ -48,8 +48,11 @@ class JobQueue:
     """One worker thread owns the device; waiting jobs take turns round-robin between owners."""
 
     def __init__(self, run: Callable[[Job], Any], max_size: int = 100, max_per_owner: int | None = None,
-                 on_idle: Callable[[], None] | None = None):
+                 on_idle: Callable[[], None] | None = None, estimate: Callable[[Job], float | None] | None = None):
         self._run = run
+        # Seconds left of a job's current turn (a waiting job: its whole next turn), from measured speed;
+        # None where it has nothing to go by: then this queue's own timing of past turns of the kind.
+        self._estimate = estimate or (lambda job: None)
         self._on_idle = on_idle  # called by the worker when a turn ends and no job waits
         self._max_size = max_size
         self._max_per_owner = max_per_owner or max_size
@@ -108,13 +111,21 @@ class JobQueue:
             if job is self._running or job not in order:
                 return None
             turns = ([self._running] if self._running else []) + order[: order.index(job)]
-            rates = [self._seconds_per_cost.get(turn.rate_key) for turn in turns]
-            if None in rates:
-                return None
-            costs = [rate * turn.turn_cost for rate, turn in zip(rates, turns)]
-            if self._running is not None and self._turn_started is not None:
-                costs[0] -= min(time.monotonic() - self._turn_started, costs[0])  # part of it is done
-            return sum(costs)
+            costs = [self._turn_seconds(turn) for turn in turns]
+            return None if None in costs else sum(costs)
+
+    def _turn_seconds(self, job: Job) -> float | None:
+        """Seconds left of `job`'s running turn, or its whole next turn."""
+        estimate = self._estimate(job)
+        if estimate is not None:
+            return estimate
+        rate = self._seconds_per_cost.get(job.rate_key)
+        if rate is None:
+            return None
+        cost = rate * job.turn_cost
+        if job is self._running and self._turn_started is not None:
+            cost -= min(time.monotonic() - self._turn_started, cost)  # part of it is done
+        return cost
 
     def waiting_count(self) -> int:
         with self._lock:

@@ -21,6 +21,9 @@ class Unfinished:
 
 
 UNFINISHED = Unfinished()
+# A page polls several times a second and an API client about once; a preview read this long ago
+# still counts as someone watching.
+WATCH_SECONDS = 5.0
 
 
 class JobState(str, Enum):
@@ -40,6 +43,7 @@ class Progress:
     preview: Image.Image | None = None
     started_at: float | None = None
     message: str = ""
+    step_seconds: float | None = None  # the current pass's measured seconds per step
 
     @property
     def fraction(self) -> float:
@@ -76,6 +80,7 @@ class Job:
         self._skip = threading.Event()
         self._changed = threading.Condition()
         self._version = 0
+        self._watched_until = 0.0
 
     @property
     def cancelled(self) -> bool:
@@ -93,6 +98,15 @@ class Job:
     def skipped(self) -> None:
         """The worker took the skip; the next batch runs in full."""
         self._skip.clear()
+
+    def watch(self) -> None:
+        """Someone is reading the live preview (the page's poll, an API progress call): make them
+        for the next few seconds. Nobody watching, nobody pays for them."""
+        self._watched_until = time.monotonic() + WATCH_SECONDS
+
+    @property
+    def watched(self) -> bool:
+        return time.monotonic() < self._watched_until
 
     @property
     def finished(self) -> bool:

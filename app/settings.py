@@ -39,6 +39,7 @@ class Settings:
     max_upload_mb: int = 50
     styles_file: Path = Path("styles.csv")  # A1111's saved styles (name,prompt,negative_prompt)
     safety_filter: bool = False      # blur what the CompVis safety checker flags
+    torch_compile: bool = True       # compile the UNet in the background (faster after a few minutes)
 
     @property
     def demo_models_dir(self) -> Path:

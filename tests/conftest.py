@@ -62,6 +62,7 @@ def make_settings(tmp_path: Path, models_dir: Path, **overrides):
             "styles_file": str(tmp_path / "styles.csv"),  # never the app folder's own
             "device": "cpu",
             "open_browser": False,
+            "torch_compile": False,  # minutes per model: only the tests of compiling turn it on
             **overrides,
         }
     )

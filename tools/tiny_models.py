@@ -202,3 +202,15 @@ def tiny_esrgan_state_dict(scale: int = 4, features: int = 8, blocks: int = 1, s
         state[f"{name}.bias"] = torch.randn(out, generator=generator) * 0.01
     state["conv_last.bias"] += 0.5
     return state
+
+
+def save_tiny_taesd(folder: Path, seed: int = 0) -> Path:
+    """A tiny random AutoencoderTiny (TAESD's architecture, 8x, 4 latent channels) in diffusers' layout."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    blocks = (8, 8, 8, 8)
+    model = AutoencoderTiny(encoder_block_out_channels=blocks, decoder_block_out_channels=blocks,
+                            num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+    model.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)

@@ -94,3 +94,13 @@ def save_emb_params_embedding(path: Path, vectors: torch.Tensor) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"emb_params": vectors.contiguous()}, str(path))
     return path
+
+
+def lcm_lora(pipe, rank: int = 4, seed: int = 0, strength: float = 1.0) -> dict[str, torch.Tensor]:
+    """A LoRA laid out as latent-consistency's LCM-LoRA files (pytorch_lora_weights.safetensors) are, as
+    far as could be checked here (no copy of the file was reachable: the layout is from memory of the
+    diffusers LCM-LoRA training and conversion code): kohya key names over diffusers module paths
+    (`lora_unet_<path>.lora_down.weight` / `.lora_up.weight` / `.alpha`), UNet layers only (attention
+    projections and resnet convs alike), no text encoder. Were the file in diffusers/PEFT keys instead,
+    Easel reads those too (tests/integration/test_lora_embeddings.py)."""
+    return {key: value for key, value in kohya_lora(pipe, rank, seed, strength).items() if key.startswith("lora_unet_")}

@@ -37,6 +37,9 @@ def model_status(engine: Engine) -> str:
                 "v-prediction (768). If its pictures look like noise or flat colour, switch below."
             )
     lines.append(status.device)
+    lines.append(status.speed)
+    if status.compiling:
+        lines.append(status.compiling)
     return "  \n".join(lines)
 
 
@@ -188,4 +191,7 @@ def build_header(engine: Engine):
     prediction.input(set_prediction, inputs=prediction, outputs=status, concurrency_id="generate", api_visibility="private")
     start.click(download, inputs=wanted, outputs=[cancel_event, download_status, checkpoint, status], api_visibility="private")
     stop.click(cancel, inputs=cancel_event, outputs=download_status, queue=False, api_visibility="private")
+    # The status line changes without a click: measured speed after each job, the compiled mode once ready.
+    gr.Timer(15).tick(lambda: model_status(engine), outputs=status, queue=False, show_progress="hidden",
+                      api_visibility="private")
     return selected

@@ -13,6 +13,7 @@ from app.engine import Engine
 from app.errors import EaselError
 from app.generation.requests import GenerationRequest
 from app.generation.results import GenerationResult
+from app.generation.speed import duration
 from app.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,10 @@ def submitted(submit: Callable[[], Job]) -> Job:
 
 def followed(job: Job) -> Iterator[Job]:
     """The job again each time something about it changes (its place in the queue, its progress),
-    until it is finished."""
+    until it is finished. The page shows its live preview: it watches the job while it follows."""
     seen = -1
     while not job.finished:
+        job.watch()
         seen = job.wait_for_change(seen, timeout=POLL_SECONDS)
         yield job
 
@@ -75,13 +77,9 @@ def outcome(job: Job):
 def waiting_line(engine: Engine, job: Job) -> str:
     position = engine.position(job)
     eta = engine.eta_seconds(job)
-    wait = f", about {_duration(eta)} to wait" if eta is not None else ""
+    wait = f", about {duration(eta)} to wait" if eta is not None else ""
     started = "Your next batch waits" if job.started else "Waiting"
     return f"{started} in the queue: position {position}{wait}. Others' jobs take turns with yours."
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def progress_line(engine: Engine, job: Job) -> str:
@@ -90,12 +88,12 @@ def progress_line(engine: Engine, job: Job) -> str:
     p = job.progress
     if not p.steps:
         return "Loading the model and preparing…"
-    eta = p.eta_seconds()
+    eta = engine.seconds_left(job)
     parts = [f"Step {p.step}/{p.steps}"]
     if p.batches > 1:
         parts.append(f"batch {p.batch + 1}/{p.batches}")
     if eta is not None:
-        parts.append(f"about {eta:.0f} s left")
+        parts.append(f"about {duration(eta)} left")
     return " · ".join(parts)
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.engine import Engine
+from app.generation.fast_mode import LABEL as FAST_MODE_LABEL
 from app.generation.requests import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_SEED, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from app.generation.samplers import AUTOMATIC, DEFAULT_SAMPLER
 from ui import runner
@@ -15,16 +16,17 @@ FIELDS = (
     "prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg_scale",
     "width", "height", "seed", "batch_count", "batch_size",
     "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",  # the seed's "Extra"
+    "easel_fast",
 )
 DEFAULTS = {
     "prompt": "", "negative_prompt": "", "sampler": DEFAULT_SAMPLER, "schedule": AUTOMATIC, "steps": 20,
     "cfg_scale": 7.0, "width": 512, "height": 512, "seed": -1, "batch_count": 1, "batch_size": 1,
     "subseed": -1, "subseed_strength": 0.0, "seed_resize_from_w": 0, "seed_resize_from_h": 0,
-    **HIRES_DEFAULTS,
+    "easel_fast": False, **HIRES_DEFAULTS,
 }
 # What pasting parameters (PNG info) sets when the text does not say: off, as A1111 pastes them.
 PASTE_DEFAULTS = {key: DEFAULTS[key] for key in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
-                                                 *HIRES_FIELDS) if key != "strength"}
+                                                 "easel_fast", *HIRES_FIELDS) if key != "strength"}
 SIZE_PRESETS = ["512x512", "768x768", "512x768", "768x512", "640x448", "448x640", "1024x576", "576x1024"]
 
 
@@ -45,6 +47,7 @@ class GenerationControls:
     subseed_strength: gr.Slider
     seed_resize_from_w: gr.Slider
     seed_resize_from_h: gr.Slider
+    easel_fast: gr.Checkbox
     reuse_seed: gr.Button      # wired by `wire_reuse_seed`, which knows the results
     hires: HiresControls | None = None  # text to image only
     below_prompts: gr.Column | None = None  # a place right under the prompt boxes, for the tab to fill
@@ -97,6 +100,8 @@ def prompt_boxes(tab: str, values: dict) -> tuple[gr.Textbox, gr.Textbox]:
 
 def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict, hires: bool = False) -> GenerationControls:
     samplers = engine.sampler_names()
+    fast = gr.Checkbox(value=bool(values["easel_fast"]), label="Fast mode", info=FAST_MODE_LABEL,
+                       elem_id=f"{tab}-fast-mode")
     with gr.Row():
         sampler = gr.Dropdown(
             samplers, value=values["sampler"] if values["sampler"] in samplers else DEFAULT_SAMPLER,
@@ -147,7 +152,7 @@ def generation_controls(engine: Engine, tab: str, prompt, negative, values: dict
     random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     return GenerationControls(
         prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_count, batch_size,
-        subseed, subseed_strength, resize_w, resize_h, reuse_seed, hires_controls,
+        subseed, subseed_strength, resize_w, resize_h, fast, reuse_seed, hires_controls,
     )
 
 

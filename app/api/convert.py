@@ -31,7 +31,7 @@ NO_UPSCALER = "None"
 _REQUEST_FIELDS = {
     "prompt", "negative_prompt", "sampler_name", "sampler_index", "scheduler", "steps", "cfg_scale", "width",
     "height", "seed", "n_iter", "batch_size", "override_settings", "save_images",
-    "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+    "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "easel_fast",
 }
 # Text to image only; its denoising strength is hires fix's (A1111's default 0.7 when not sent).
 _HIRES_FIELDS = {

@@ -244,7 +244,7 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
         waiting = [job for job in jobs if job is not running]
         state = ProgressState(job_count=len(jobs), queue_position=engine.position(waiting[0]) if waiting else 0)
         if running is None:
-            eta = engine.eta_seconds(waiting[0]) if waiting else None
+            eta = engine.seconds_left(waiting[0]) if waiting else None
             return ProgressResponse(progress=0.0, eta_relative=eta or 0.0, state=state, current_image=None,
                                     textinfo=f"Waiting: position {state.queue_position}" if waiting else None)
         p = running.progress
@@ -253,9 +253,11 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
         state.job_no = p.batch
         state.interrupted, state.skipped = running.cancelled, running.skipping
         image = None
+        if not skip_current_image:
+            running.watch()  # the client reads previews: the job makes them while it asks
         if p.preview is not None and not skip_current_image:
             image = convert.encoded_png(p.preview, None)
-        return ProgressResponse(progress=p.fraction, eta_relative=p.eta_seconds() or 0.0, state=state,
+        return ProgressResponse(progress=p.fraction, eta_relative=engine.seconds_left(running) or 0.0, state=state,
                                 current_image=image)
 
     @router.post("/interrupt")

@@ -51,6 +51,12 @@ class Txt2ImgRequest(_Lenient):
     alwayson_scripts: dict[str, Any] | None = None
     send_images: bool = True
     save_images: bool = False
+    easel_fast: bool = Field(False, description=(
+        "Easel's fast mode (not in A1111): trades quality for speed. Adds the LCM-LoRA (models/Lora/"
+        "lcm-lora-sdv1-5.safetensors, from the Download list) at weight 1 and runs the LCM sampler; steps "
+        "outside 4-8 become 4 and cfg_scale outside 1-2 becomes 1. TAESD (models/taesd/) decodes the picture "
+        "when downloaded. SD 1.x checkpoints only. Without the LoRA: 422 saying what to download. The PNG "
+        "records it as 'Fast mode: LCM-LoRA[, TAESD]'."))
 
 
 class Img2ImgRequest(Txt2ImgRequest):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from app.errors import InvalidRequest
+from app.generation.fast_mode import INFOTEXT_KEY as FAST_MODE_KEY
+from app.generation.fast_mode import read_fast
 from app.generation.requests import ONLY_MASKED, GenerationRequest
 from app.generation.samplers import resolve_sampler
 from app.images.metadata import GenerationInfo
@@ -82,6 +84,8 @@ FIELDS = (
     Field("hr_scheduler", "Hires schedule type", "hr_scheduler", _text),
     Field("hr_prompt", "Hires prompt", "hr_prompt", _text),
     Field("hr_negative_prompt", "Hires negative prompt", "hr_negative_prompt", _text),
+    # Easel's fast mode; written by the runner (`extra`), since only the run knows its decoder.
+    Field("easel_fast", FAST_MODE_KEY, "easel_fast", read_fast),
 )
 HIRES_KEYS = ("Hires upscale", "Hires resize-1", "Hires upscaler")
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"

@@ -40,12 +40,20 @@ class LoraWeights:
     saved: dict[tuple[Component, str], torch.Tensor] = field(default_factory=dict)
     carried: list[ActiveLora] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what adding them said (misfits), repeated to every job
+    changes: int = 0       # counts every patch and restore: a compiled graph (app.models.compiled) built from the
+                           # weights is valid only if they did not change while it was built
+
+    @property
+    def patched(self) -> bool:
+        """Whether some weight differs from the checkpoint's own now."""
+        return bool(self.saved)
 
     def carry(self, pipe, loras: list[ActiveLora], model_title: str, notes: list[str]) -> None:
         """From now on the pipeline's layers carry exactly `loras` (a LoRA that does not fit the model is
         left out with a sentence in `notes`)."""
         if not _same(loras, self.carried):
             self.release(pipe)
+            self.changes += 1
             added: list[str] = []
             try:
                 layers = _LayerIndex(pipe) if loras else None
@@ -59,6 +67,7 @@ class LoraWeights:
 
     def release(self, pipe) -> None:
         """The checkpoint's own weights back."""
+        self.changes += 1
         _restore(pipe, self.saved)
         self.saved, self.carried, self.notes = {}, [], []
 

@@ -13,7 +13,8 @@ from PIL import Image, ImageOps
 
 from app.errors import InvalidRequest
 from app.generation.depth import validated_depth_map
-from app.generation.samplers import DEFAULT_SAMPLER, resolve_sampler
+from app.generation.fast_mode import FAST_SAMPLER, fast_fields
+from app.generation.samplers import AUTOMATIC, DEFAULT_SAMPLER, resolve_sampler
 from app.images.transform import JUST_RESIZE, RESIZE_MODES, resized
 from app.kinds import JobKind
 from app.validation import integer, number, shown, text
@@ -77,6 +78,7 @@ class GenerationRequest:
     hr_prompt: str = ""                     # "": the first pass's prompt
     hr_negative_prompt: str = ""
     styles: list[str] = field(default_factory=list)  # saved styles' names; the Engine expands them into the prompts
+    easel_fast: bool = False                # fast mode (app.generation.fast_mode): LCM-LoRA, LCM, few steps
 
     @property
     def is_img2img(self) -> bool:
@@ -114,6 +116,9 @@ class GenerationRequest:
         return hires_target((self.width, self.height), self.hr_scale, self.hr_resize_x, self.hr_resize_y)
 
     def validated(self) -> "GenerationRequest":
+        if self.easel_fast and (self.sampler, self.schedule) != (FAST_SAMPLER, AUTOMATIC):
+            # Fast mode runs its own sampler: the page's sampler choice neither matters nor can fail it.
+            return replace(self, sampler=FAST_SAMPLER, schedule=AUTOMATIC).validated()
         choice = resolve_sampler(self.sampler, self.schedule)
         init_image = rgb_image(self.init_image) if self.init_image is not None else None
         width, height = self._size(init_image)
@@ -121,7 +126,7 @@ class GenerationRequest:
             raise InvalidRequest(f"Unknown resize mode '{self.resize_mode}'. Use one of: {', '.join(RESIZE_MODES)}.")
         if self.inpaint_area not in (WHOLE_PICTURE, ONLY_MASKED):
             raise InvalidRequest(f"Inpaint area must be '{WHOLE_PICTURE}' or '{ONLY_MASKED}'.")
-        return replace(
+        checked = replace(
             self,
             prompt=text(self.prompt, "prompt"),
             negative_prompt=text(self.negative_prompt, "negative prompt"),
@@ -144,6 +149,8 @@ class GenerationRequest:
             **self._variation_fields(),
             **self._hires_fields((width, height), init_image is not None),
         )
+        fast = fast_fields(checked.steps, checked.cfg_scale) if self.easel_fast else {}  # its steps and CFG ranges
+        return replace(checked, easel_fast=bool(self.easel_fast), **fast)
 
     def _variation_fields(self) -> dict:
         strength = number(self.subseed_strength, "Variation strength", 0.0, 1.0)

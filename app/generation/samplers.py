@@ -43,6 +43,8 @@ SAMPLERS = (
     SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
     SamplerSpec("UniPC", "UniPCMultistepScheduler"),
     SamplerSpec("DEIS", "DEISMultistepScheduler"),
+    # For LCM models and LCM-LoRAs (fast mode); an ordinary model gives poor pictures with it.
+    SamplerSpec("LCM", "LCMScheduler"),
 )
 
 # Schedule name -> the scheduler flag that turns it on.

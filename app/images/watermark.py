@@ -8,7 +8,6 @@ way (uint8 BGR in, uint8 BGR out), so tools that look for the mark find it.
 from __future__ import annotations
 
 import numpy as np
-from imwatermark import WatermarkDecoder, WatermarkEncoder
 from PIL import Image
 
 from app.models.families import Family
@@ -44,6 +43,10 @@ def apply_watermark(image: Image.Image, text: str) -> Image.Image:
     """
     if is_too_small(image):
         return image
+    # Imported here, not at the top: invisible-watermark pulls in OpenCV (~50 MB), which a machine
+    # running with the watermark off (bench/gpu_check.sh) does not need to have.
+    from imwatermark import WatermarkEncoder
+
     encoder = WatermarkEncoder()
     encoder.set_watermark("bytes", text.encode("utf-8"))
     marked_bgr = encoder.encode(bgr_array(image), METHOD)
@@ -58,6 +61,8 @@ def detect_watermark(image: Image.Image) -> str | None:
     """
     if is_too_small(image):
         return None
+    from imwatermark import WatermarkDecoder  # lazily, as in apply_watermark
+
     bgr = bgr_array(image)
     # Longest text first: its 136 bits are the least likely to match by chance.
     for text in sorted(_ORIGINS, key=len, reverse=True):

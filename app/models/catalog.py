@@ -24,10 +24,11 @@ class CatalogEntry:
     sha256: str | None        # lowercase hex; None where it could not be verified
     licence: str
     description: str
+    source_name: str | None = None  # the file's name in the repository when it is saved under another
 
     @property
     def url(self) -> str:
-        return f"https://huggingface.co/{self.repository}/resolve/main/{self.filename}"
+        return f"https://huggingface.co/{self.repository}/resolve/main/{self.source_name or self.filename}"
 
     @property
     def page_url(self) -> str:
@@ -105,11 +106,15 @@ class HelperEntry:
     files: tuple[str, ...]
     licence: str
     description: str
+    # One-file helpers only: the name the file is saved under. A LoRA is known by its file name, and
+    # every LCM-LoRA repository calls its file pytorch_lora_weights.safetensors.
+    save_as: str | None = None
 
     def file_entries(self) -> list[CatalogEntry]:
         """Each file as a download (sizes and hashes unverified: the log says so when it is kept)."""
-        return [CatalogEntry(f"{self.id}/{name}", f"{self.title} ({name})", None, self.repository, name, None, None,
-                             self.licence, self.description) for name in self.files]
+        return [CatalogEntry(f"{self.id}/{name}", f"{self.title} ({name})", None, self.repository,
+                             self.save_as or name, None, None, self.licence, self.description,
+                             source_name=name if self.save_as else None) for name in self.files]
 
 
 _HELPER_KEYS = ("id", "title", "repository", "folder", "files", "licence", "description")
@@ -123,12 +128,15 @@ def load_helpers(path: Path = CATALOG_FILE) -> list[HelperEntry]:
     for raw in (data.get("helpers") or []) if isinstance(data, dict) else []:
         missing = [key for key in _HELPER_KEYS if not isinstance(raw, dict) or key not in raw]
         names = [str(name) for name in raw.get("files") or []] if not missing else []
+        save_as = str(raw["save_as"]) if not missing and raw.get("save_as") else None
+        checked = names + [str(raw["folder"])] + ([save_as] if save_as else []) if not missing else []
         # Each name becomes a path in the models folder: none may climb out of it.
-        if missing or not names or any(Path(name).name != name or name in (".", "..") for name in names + [str(raw["folder"])]):
+        if missing or not names or (save_as and len(names) != 1) or any(
+                Path(name).name != name or name in (".", "..") for name in checked):
             raise EaselError(f"The model catalog {path} has a helper entry that is incomplete or names a path "
                              "outside its folder. Restore the original file.")
         helpers.append(HelperEntry(str(raw["id"]), str(raw["title"]), str(raw["repository"]), str(raw["folder"]),
-                                   tuple(names), str(raw["licence"]), str(raw["description"])))
+                                   tuple(names), str(raw["licence"]), str(raw["description"]), save_as))
     return helpers
 
 
@@ -137,4 +145,7 @@ def offline_instructions(entry: CatalogEntry, dest_dir: Path) -> str:
     return (
         f"To install {entry.title} by hand, open {entry.url} in a web browser (on any computer with "
         f"internet access), save the file {entry.filename} into the folder {dest_dir}, then press refresh."
+        if entry.source_name is None else
+        f"To install {entry.title} by hand, open {entry.url} in a web browser (on any computer with "
+        f"internet access) and save the file {entry.source_name} as {Path(dest_dir) / entry.filename}."
     )

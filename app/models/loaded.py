@@ -7,6 +7,7 @@ from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableD
 
 from app.devices import DevicePlan, MemoryMode
 from app.kinds import JobKind
+from app.models.compiled import BackgroundCompiler, CompiledUnet
 from app.models.placement import apply_plan
 from app.models.registry import ModelEntry, VaeEntry
 
@@ -26,6 +27,25 @@ class LoadedModel:
     own_vae: object = None          # the checkpoint's own VAE while another one is in use
     lora_weights: object = None     # app.generation.lora_patch.LoraWeights: the LoRAs its weights carry
                                     # between jobs and their originals (dropped with the model)
+    compiled: CompiledUnet | None = None  # the UNet's compiled graphs (app.models.compiled), when compiling
+
+    def unet_weights_token(self) -> object:
+        """None while LoRAs are patched into the weights; else a count that changes at every patch and
+        restore (what a compiled graph, frozen from the weights, must check)."""
+        weights = self.lora_weights
+        if weights is None:
+            return 0
+        return None if weights.patched else weights.changes
+
+    def compile_unet(self, compiler: BackgroundCompiler) -> None:
+        """From now on the UNet's calls take compiled graphs as they become ready."""
+        if self.compiled is None and getattr(self.base, "unet", None) is not None:
+            self.compiled = CompiledUnet(self.base.unet, self.unet_weights_token, compiler)
+
+    def drop_compiled(self) -> None:
+        if self.compiled is not None:
+            self.compiled.release()
+            self.compiled = None
 
     @property
     def text_width(self) -> int | None:
@@ -69,6 +89,7 @@ class LoadedModel:
 
         The owner then drops its own reference and only then calls `free_memory()`: a trim while
         any name still holds the model gives nothing back, and the freed pages then stay resident."""
+        self.drop_compiled()
         for pipe in self.pipelines():
             pipe.remove_all_hooks()
         self.siblings.clear()
@@ -76,5 +97,6 @@ class LoadedModel:
 
     def follow(self, plan: DevicePlan) -> None:
         """Move to another device plan (a step down after running out of memory)."""
+        self.drop_compiled()  # its graphs are for the old device and precision
         apply_plan(self.base, plan)
         self.hooked = JobKind.TXT2IMG

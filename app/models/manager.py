@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from app.devices import DevicePlan, degraded
+from app.devices import DevicePlan, MemoryMode, degraded
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
 from app.hardware import HardwareFacts, probe_hardware
 from app.kinds import JobKind
 from app.memory import free_memory
+from app.models.compiled import BackgroundCompiler, CompileState, compiles_on
 from app.models.depth import attach_estimator
 from app.models.families import Family
 from app.models.loaded import LoadedModel
@@ -52,8 +53,10 @@ class ModelManager:
         plan: DevicePlan,
         facts: HardwareFacts | None = None,
         config_root: Path = MODEL_CONFIGS_DIR,
+        compiler: BackgroundCompiler | None = None,
     ):
         self.registry = registry
+        self.compiler = compiler  # None: never compile (the torch_compile setting is off)
         self.config_root = config_root
         self.plan = plan
         self.facts = facts or HardwareFacts()
@@ -117,6 +120,8 @@ class ModelManager:
         with self._lock:
             self.unload()
             self.upscalers.release()
+        if self.compiler is not None:
+            self.compiler.close()
 
     @contextmanager
     def use(self, title: str | None = None):
@@ -212,6 +217,7 @@ class ModelManager:
             self.upscalers.follow(lower)
             if self._loaded:
                 self._loaded.follow(lower)
+                self._compile(self._loaded)
             return lower.description
 
     def _room_for(self, entry: ModelEntry) -> bool:
@@ -251,4 +257,21 @@ class ModelManager:
         loaded = LoadedModel(entry=entry, base=base, scheduler_config=dict(base.scheduler.config))
         if self._vae_choice:
             self._use_vae(loaded, self._vae_choice)
+        self._compile(loaded)
         return loaded
+
+    # --- compiling --------------------------------------------------------------------------
+
+    def compile_state(self) -> tuple[CompileState | None, str | None]:
+        """How far compiling the active model's UNet is, and why it is unavailable (None, None: not compiling)."""
+        compiled = self._loaded.compiled if self._loaded else None
+        return (compiled.state, compiled.problem) if compiled else (None, None)
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait for the background compiles asked for so far (benches and tests); False on timeout."""
+        return self.compiler is None or self.compiler.wait_idle(timeout)
+
+    def _compile(self, loaded: LoadedModel) -> None:
+        offloads = self.plan.memory_mode in (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD)
+        if self.compiler is not None and loaded.entry.family.makes_images and compiles_on(self.plan.device, offloads):
+            loaded.compile_unet(self.compiler)

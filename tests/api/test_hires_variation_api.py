@@ -68,9 +68,9 @@ def test_the_page_and_the_api_give_the_same_pixels_for_hires_and_variation(serve
     api_picture = png(ann.post("/sdapi/v1/txt2img", json=body).json()["images"][0])
     client = Client(server.url, auth=("ann", "ann-pw"), verbose=False, download_files=str(tmp_path))
     gallery, _preview, status, info = client.predict(
-        # the common settings, the seed's Extra, then Hires fix, then the styles
+        # the common settings, the seed's Extra, fast mode, then Hires fix, then the styles
         "a stone bridge", "", "Euler", "Automatic", 3, 7.0, 64, 64, 77, 1, 1,
-        21, 0.4, 0, 0,
+        21, 0.4, 0, 0, False,  # ... and fast mode off
         True, "Lanczos", 0, 0.6, 1.5, 0, 0, "DDIM", "Use same scheduler", "", "",
         [],
         api_name="/txt2img",

@@ -345,6 +345,7 @@ def test_progress_reaches_the_last_step_with_a_preview(shared_engine):
     seen_versions = []
     version = 0
     while not job.finished:
+        job.watch()  # previews are made only while someone reads them
         version = job.wait_for_change(version, TIMEOUT)
         seen_versions.append(version)
     result = job.wait(TIMEOUT)

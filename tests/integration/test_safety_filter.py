@@ -106,6 +106,7 @@ def test_the_engine_blurs_what_the_checker_flags_and_keeps_the_rest_pixel_for_pi
     try:
         engine.select_checkpoint(TINY_SD1)
         plain_job = engine.submit(GenerationRequest(**REQUEST))
+        plain_job.watch()  # previews are made only while someone reads them
         plain = plain_job.wait()
         assert plain_job.progress.preview is not None
         first, second = (image.image for image in plain.images)
@@ -115,6 +116,7 @@ def test_the_engine_blurs_what_the_checker_flags_and_keeps_the_rest_pixel_for_pi
         assert [np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(again.images, plain.images)] == [True, True]
         engine.set_safety_filter(True)
         filtered_job = engine.submit(GenerationRequest(**REQUEST))
+        filtered_job.watch()  # watched, yet no preview
         filtered = filtered_job.wait()
         assert filtered_job.progress.preview is None  # no live preview shows what the checker has not seen
         assert not np.array_equal(np.asarray(filtered.images[0].image), np.asarray(first))

@@ -19,8 +19,10 @@ IMG2IMG = GenerationRequest(
     prompt="a cat", sampler="Euler a", steps=12, cfg_scale=7.0, width=512, height=512, seed=7, strength=0.35,
     init_image=Image.new("RGB", (64, 64), "grey"),
 ).validated()
-# Hires fix and variation seeds are written only when on (tests/unit/test_noise.py round-trips them).
-ONLY_WHEN_ON = {field.request for field in FIELDS if field.request.startswith(("hr_", "subseed", "seed_resize"))}
+# Hires fix, variation seeds and fast mode are written only when on (tests/unit/test_noise.py and
+# tests/integration/test_fast_mode.py round-trip them).
+ONLY_WHEN_ON = {field.request for field in FIELDS
+                if field.request.startswith(("hr_", "subseed", "seed_resize")) or field.request == "easel_fast"}
 READ_BACK = {"sampler", "schedule", *(field.request for field in FIELDS if field.infotext)} - ONLY_WHEN_ON
 SENT = {"sampler", "schedule", "clip_skip", *(field.request for field in FIELDS if field.api)}
 

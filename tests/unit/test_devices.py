@@ -16,7 +16,6 @@ from app.devices import (
     DevicePlan,
     DeviceUnavailable,
     MemoryMode,
-    cpu_minutes_per_image,
     degraded,
     plan_device,
 )
@@ -147,7 +146,7 @@ def test_no_gpu_runs_on_cpu_in_float32_and_says_so():
     assert plan.description.startswith("No GPU found.")
     assert "CPU" in plan.description
     assert "6 threads" in plan.description
-    assert "2 minutes per 512x512 image at 20 steps" in plan.description
+    assert "minute" not in plan.description  # the speed is measured, never a table's guess
     assert "100x" in plan.description
 
 
@@ -177,13 +176,6 @@ def test_requested_cpu_wins_over_a_present_gpu():
             plan = plan_device(facts, options)
             assert (plan.device, plan.dtype, plan.memory_mode) == ("cpu", torch.float32, CPU)
             assert "--device cpu" in plan.description
-
-
-def test_cpu_minutes_estimate_shrinks_with_threads_but_never_below_one():
-    assert cpu_minutes_per_image(1) == 9
-    assert cpu_minutes_per_image(2) > cpu_minutes_per_image(8) >= 1
-    assert cpu_minutes_per_image(64) == 1
-    assert cpu_minutes_per_image(0) == 9  # a nonsense fact does not divide by zero
 
 
 # --- plan_device: errors ------------------------------------------------------------------------

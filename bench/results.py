@@ -1,0 +1,13 @@
+"""bench/RESULTS.md: each bench owns one `## ` section, replaced whole on every run; the others are kept."""
+
+import re
+from pathlib import Path
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the section with `section`'s heading (or put it before the first other section)."""
+    heading = section.splitlines()[0].strip()
+    text = path.read_text() if path.is_file() else "# Bench results\n"
+    parts = re.split(r"(?m)^(?=## )", text)
+    kept = [part for part in parts[1:] if part.splitlines()[0].strip() != heading]
+    path.write_text(parts[0].rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n\n" + "".join(kept).rstrip("\n") + "\n")
