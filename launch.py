@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.auth import server_access
     from app.engine import create_engine
     from app.hardware import use_physical_cores
-    from app.memory import freeze_imports
+    from app.memory import freeze_imports, one_heap_for_all_threads
     from app.preferences import Preferences
     from app.settings import load_settings
     from server.compose import lan_urls, serve
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     freeze_imports()  # before any model exists: see its docstring
     use_physical_cores()
+    one_heap_for_all_threads()
 
     try:
         settings = load_settings(settings_overrides(args))

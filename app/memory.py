@@ -37,6 +37,21 @@ def freeze_imports() -> None:
     gc.freeze()
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def one_heap_for_all_threads() -> bool:
+    """Make every thread allocate from glibc's main heap; whether it could (glibc only). Call once at
+    start-up, before the job thread exists.
+
+    Jobs run in a worker thread, and glibc gives other threads their own arenas, whose heaps cannot grow
+    past 64 MiB: every large activation there is a fresh mmap, page-faulted and zeroed at each use.
+    Measured on full-size SD 1.5 in bf16 on 2 cores: a UNet step in the worker thread 6.72 s, in the main
+    thread 6.04 s, in the worker thread with one heap 5.57 s."""
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, 1))
+
+
 def free_memory() -> None:
     """Give freed memory back: Python's garbage (cycles can hold tensors), the GPU's cache, and the C
     heap's free pages.

@@ -316,6 +316,7 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
 
     from app.hardware import use_physical_cores
+    from app.memory import one_heap_for_all_threads
 
     diffusers_logging.disable_progress_bar()
     spec = Spec(**json.loads(sys.argv[1]))
@@ -323,6 +324,7 @@ def main() -> None:
         torch.set_num_threads(spec.threads)
     else:
         use_physical_cores()  # what launch.py does for Easel; the plain diffusers variants get the same
+    one_heap_for_all_threads()  # as launch.py does (and harmless to the single-threaded plain variants)
     if spec.tiny:
         from tools.tiny_models import save_tiny_model
 

@@ -97,3 +97,11 @@ def test_the_compiler_keeps_its_graphs_in_easels_cache_and_traces_inductors_dumm
         assert InterpreterShim._dummy_gm.cache_info().currsize == 1
     finally:
         compiler.close()
+
+
+def test_job_threads_share_the_main_heap_on_glibc():
+    import platform
+
+    from app.memory import one_heap_for_all_threads
+
+    assert one_heap_for_all_threads() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
