@@ -16,13 +16,15 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import app  # noqa: E402,F401  first of ours: switches off hub lookups and analytics before anything imports them
 from app.errors import EaselError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Easel's flags. Standard library only, so the launchers' --help works before anything is installed."""
     parser = argparse.ArgumentParser(prog="launch.py", description="Easel: a local Stable Diffusion studio.")
     parser.add_argument("--models-dir", type=Path, help="folder with Stable-diffusion/ inside (default: models)")
     parser.add_argument("--outputs-dir", type=Path, help="where images are saved (default: outputs)")
@@ -53,7 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="with --listen, let anyone on the network in without a password")
     sharing.add_argument("--hash-password", action="store_true",
                          help="print a hashed password for --auth-file (asks for the password), then exit")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def settings_overrides(args: argparse.Namespace) -> dict:
@@ -113,20 +119,25 @@ def offer_download(engine) -> None:
         print(f"\n{error.message}", file=sys.stderr)
 
 
-def preload_model(engine) -> None:
-    """Load the first checkpoint now, so the first Generate does not wait for it."""
+def report_problem_files(engine) -> None:
     for entry in engine.checkpoints():
         if entry.problem:
             print(entry.problem, file=sys.stderr)
-    if not engine.generating_checkpoints():
-        offer_download(engine)
+
+
+def load_first_checkpoint(engine) -> None:
+    """Load the first checkpoint, so the first Generate does not wait for it. Runs beside the server:
+    the page answers at once and says a checkpoint is loading; a job sent meanwhile waits for it."""
+    from diffusers.utils import logging as diffusers_logging  # the first diffusers import: not before the page
+
+    diffusers_logging.disable_progress_bar()  # a terminal for people: Easel's lines, not loading bars
     if not engine.generating_checkpoints():
         return
     try:
         entry = engine.select_checkpoint()
-        print(f"Loaded checkpoint: {entry.title}")
-    except EaselError as error:  # the UI still starts; the user can pick another checkpoint
-        print(error.message, file=sys.stderr)
+        print(f"Loaded checkpoint: {entry.title}", flush=True)
+    except EaselError as error:  # the UI still runs; the user can pick another checkpoint
+        print(error.message, file=sys.stderr, flush=True)
 
 
 def print_password_hash() -> int:
@@ -148,9 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         return print_password_hash()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()
 
     from app.auth import server_access
     from app.engine import create_engine
@@ -175,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Easel could not start: {error.message}", file=sys.stderr)
         return 2
     print(engine.status().device)
-    preload_model(engine)
+    report_problem_files(engine)
+    if not engine.generating_checkpoints():
+        offer_download(engine)  # asks in the terminal: before the server, whose output would interleave
     preferences = Preferences(settings.preferences_file)
     addresses = lan_urls(settings.host, settings.port)
     try:
@@ -184,14 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Easel could not start: {error}", file=sys.stderr)
         engine.close()
         return 2
-    print(f"Easel is running at {server.url}  (press Ctrl+C to stop)")
+    print(f"Easel is running at {server.url}  (press Ctrl+C to stop)", flush=True)
+    threading.Thread(target=load_first_checkpoint, args=(engine,), name="easel-preload", daemon=True).start()
     for url in server.lan_urls:
         print(f"Other computers on your network: {url}")
     if access.notice:
         print(access.notice)
     try:
-        import threading
-
         threading.Event().wait()
     except KeyboardInterrupt:
         print("Stopping Easel.")
@@ -202,4 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is saved and closed by now. A compile may still be running in its background thread,
+    # inside C++; the interpreter's normal shutdown would tear that thread down mid-call and abort
+    # ("terminate called without an active exception"). Leave without that shutdown.
+    os._exit(code)

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Runs Easel's tests: sets up .venv like launch.sh (CPU torch, pinned), then pytest.
+# Runs Easel's tests: sets up .venv as launch.sh does (same pins, plus the test packages), then pytest.
 # Extra arguments go to pytest, e.g. ./test.sh tests/unit -x
 set -euo pipefail
 cd "$(dirname "$0")"
 ./launch.sh --setup-only --with-tests
-# The browser tests (tests/e2e) drive Debian's Chromium. CI runs as root: install it there if missing.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 ||
-    echo "Could not install Chromium (apt-get); the browser tests will say so." >&2
+# The browser tests (tests/e2e) drive Debian's Chromium and the launcher tests run Debian's shellcheck.
+# CI runs as root: install them there if missing.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null 2>&1 ||
+    echo "Could not install ${missing[*]} (apt-get); the tests that need them will say so." >&2
 fi
-exec .venv/bin/python -m pytest "$@"
+# One worker per physical core (torch uses one thread in each): the suite takes half the time on 2 cores.
+# A later -n (e.g. ./test.sh -n 0 tests/unit) overrides it.
+exec .venv/bin/python -m pytest -n auto "$@"

@@ -206,7 +206,7 @@ def plan_device(facts: HardwareFacts, options: DeviceOptions | str = DeviceOptio
     if requested == "cuda" and not facts.cuda_available:
         raise DeviceUnavailable(
             "You asked for --device cuda, but torch sees no CUDA GPU. Start with --device auto or cpu, "
-            "or install the CUDA build of torch (launch.sh does this when it finds an NVIDIA driver)."
+            "or install the CUDA build of torch: start the launcher once with --torch cuda."
         )
     if requested == "mps" and not facts.mps_available:
         raise DeviceUnavailable("You asked for --device mps, but this machine has no Apple GPU. Use --device auto.")

@@ -66,6 +66,7 @@ class EngineStatus:
     running: bool
     speed: str = ""          # one sentence: what an image takes on this machine, measured
     compiling: str = ""      # one sentence while the compiled mode is prepared, ready or unavailable
+    loading: ModelEntry | None = None  # the checkpoint being loaded now (jobs wait for it)
 
 
 class Engine:
@@ -208,6 +209,7 @@ class Engine:
             running=self._queue.running is not None,
             speed=self._speed_sentence(),
             compiling=compile_sentence(*self._models.compile_state()),
+            loading=self._models.loading,
         )
 
     def wait_until_compiled(self, timeout: float | None = None) -> bool:

@@ -10,6 +10,8 @@ which files a browser may read. The one place that puts the UI, the API and sign
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 import webbrowser
 from dataclasses import dataclass
 
@@ -122,5 +124,28 @@ def serve(blocks: gr.Blocks, engine: Engine, settings: Settings, access: Access 
     url = f"http://127.0.0.1:{port}/"
     running = RunningServer(url=url, lan_urls=lan_urls(settings.host, port), _server=server, _thread=thread)
     if settings.open_browser:
-        webbrowser.open(url)
+        threading.Thread(target=open_when_answering, args=(url,), name="easel-browser", daemon=True).start()
     return running
+
+
+def open_when_answering(url: str, open_page=webbrowser.open, timeout: float = 120) -> bool:
+    """Open the page in the browser once it answers, so the first thing a user sees is the page, not an error.
+
+    Any HTTP answer counts (a sign-in page says 401); returns whether the browser was asked to open.
+    """
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a user's proxy must not see localhost
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with direct.open(url, timeout=10):
+                pass
+        except urllib.error.HTTPError as error:
+            if error.code >= 500:
+                time.sleep(0.25)
+                continue
+        except OSError:
+            time.sleep(0.25)
+            continue
+        open_page(url)
+        return True
+    return False

@@ -24,9 +24,11 @@ def entry_label(entry: ModelEntry) -> str:
 def model_status(engine: Engine) -> str:
     status = engine.status()
     lines = []
-    if status.model is None:
+    if status.loading is not None:
+        lines.append(f"Loading checkpoint **{status.loading.title}**... a generation started now waits for it.")
+    elif status.model is None:
         lines.append("No checkpoint loaded yet: the first generation loads one.")
-    else:
+    if status.model is not None:
         model = status.model
         lines.append(f"Active checkpoint: **{model.title}** ({model.family.label}).")
         if model.demo:

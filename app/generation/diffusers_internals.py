@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Callable
 
 import torch
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
 
 def execution_device(pipe) -> torch.device:
@@ -88,6 +87,9 @@ def img2img_noise(pipe, make_noise: NoiseMaker):
         if image.shape[1] == 4:  # latents already (hires fix)
             init = image
         else:
+            # Imported here, not at startup: see app.models.loader.
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
             init = torch.cat([retrieve_latents(pipe.vae.encode(image[i : i + 1]), generator=generators[i]) for i in range(count)])
             init = pipe.vae.config.scaling_factor * init
         noise = make_noise(generators, tuple(init.shape[1:]), dtype).to(device=device, dtype=dtype)

@@ -5,10 +5,9 @@ A1111 clients send a sampler name ("DPM++ 2M") and, since A1111 1.9, a separate 
 normalised to a `SamplerChoice`.
 """
 
+import importlib
 import inspect
 from dataclasses import dataclass, field
-
-import diffusers
 
 from app.errors import InvalidRequest
 
@@ -21,6 +20,12 @@ class SamplerSpec:
     scheduler_class: str
     options: dict = field(default_factory=dict)
     default_schedule: str = "Automatic"  # what "Automatic" means for this sampler (as in A1111)
+
+
+
+def scheduler_class_of(spec: SamplerSpec) -> type:
+    # diffusers is imported on first use, not at startup: the page answers seconds sooner (launch.py).
+    return getattr(importlib.import_module("diffusers"), spec.scheduler_class)
 
 
 # Order is the order users see them in.
@@ -115,7 +120,7 @@ def _accepted_options(scheduler_class) -> set[str]:
 
 def _check_schedule_supported(spec: SamplerSpec, schedule: str) -> None:
     flag = SCHEDULES[schedule]
-    if flag and flag not in _accepted_options(getattr(diffusers, spec.scheduler_class)):
+    if flag and flag not in _accepted_options(scheduler_class_of(spec)):
         raise InvalidRequest(
             f"The {spec.name} sampler has no {schedule} schedule. Choose the Automatic schedule "
             f"or another sampler."
@@ -129,7 +134,7 @@ def build_scheduler(choice: SamplerChoice, model_scheduler_config: dict, seeds: 
     so prediction type and betas come from the model and no flag of an earlier job leaks in.
     """
     spec = _spec(choice.sampler)
-    scheduler_class = getattr(diffusers, spec.scheduler_class)
+    scheduler_class = scheduler_class_of(spec)
     accepted = _accepted_options(scheduler_class)
     options = dict(spec.options)
     for flag in filter(None, SCHEDULES.values()):

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import threading
+import warnings
 from contextlib import contextmanager, nullcontext
 from enum import Enum
 from pathlib import Path
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 # A user who switches between many sizes should not spend the CPU compiling each of them.
 MAX_GRAPHS = 4
+
+# Tracing diffusers' upsampling (an lru_cache'd helper) prints this into the user's terminal, in the
+# middle of Easel's lines; torch says it has seen no harm from it, and no user can act on it.
+warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`", category=UserWarning)
 
 
 
@@ -53,10 +58,22 @@ class BackgroundCompiler:
         # Inductor reads its cache folder from the environment at every use. Importing it already set the
         # variable to a temporary folder (wiped at reboot), so set it outright: `cache_dir` is the user's.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
-        _trace_inductors_dummy_now()
+        self._dummy_traced = False
         self._tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="easel-compile", daemon=True)
         self._thread.start()
+
+    def prepare(self) -> None:
+        """Once, before the first model that may be compiled is used, while no other thread runs a model
+        (the ModelManager calls it holding its lock): see `_trace_inductors_dummy_now`. Not at startup,
+        where importing inductor would delay the page by seconds."""
+        if not self._dummy_traced:
+            _trace_inductors_dummy_now()
+            self._dummy_traced = True
+
+    @property
+    def prepared(self) -> bool:
+        return self._dummy_traced
 
     def submit(self, task: Callable[[], None]) -> None:
         self._tasks.put(task)
@@ -82,7 +99,7 @@ class BackgroundCompiler:
 def _trace_inductors_dummy_now() -> None:
     """Inductor's first lowering in a process runs `torch.fx.symbolic_trace` once (a cached dummy graph), and
     while it traces, `torch.nn.Module.__call__` is swapped out for every thread: a job's model call at that
-    moment fails ("module is not installed as a submodule"). Run that one trace now, before any job."""
+    moment fails ("module is not installed as a submodule"). Run that one trace before any compile starts."""
     from torch._inductor.loop_body import InterpreterShim
 
     InterpreterShim._dummy_gm()

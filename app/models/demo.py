@@ -7,15 +7,22 @@ and says so in the page. The tests build their tiny models of every family on to
 (tools/tiny_models.py).
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from app.models.families import Family
 from app.models.loader import tokenizer_for
+
+# diffusers and transformers are imported on first use, not at startup: the page answers seconds sooner
+# (launch.py serves it before the first checkpoint loads).
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
 DEMO_MODEL_NAME = "Easel demo - tiny random SD 1.x (draws noise)"
 DEMO_MARKER = "easel_demo.json"  # in the model folder: the registry flags the model as a demo
@@ -26,6 +33,8 @@ SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear
 
 def tiny_text_encoder(hidden_act: str = "quick_gelu") -> CLIPTextModel:
     """OpenAI CLIP (SD 1.x) uses quick_gelu, OpenCLIP (SD 2.x) gelu."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     config = CLIPTextConfig(
         vocab_size=49408,  # real tokenizer ids must work
         max_position_embeddings=77,
@@ -40,6 +49,8 @@ def tiny_text_encoder(hidden_act: str = "quick_gelu") -> CLIPTextModel:
 
 
 def tiny_unet(**overrides) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
+
     config = dict(
         sample_size=32,
         in_channels=4,
@@ -57,6 +68,8 @@ def tiny_unet(**overrides) -> UNet2DConditionModel:
 
 
 def tiny_vae() -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     # Four levels, like the real VAE: latents are 1/8 of the image, so a 256 px request runs the
     # UNet at 32x32. With fewer levels a single step takes minutes.
     return AutoencoderKL(
@@ -75,6 +88,8 @@ def tiny_vae() -> AutoencoderKL:
 
 def tiny_sd1_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A tiny SD 1.x pipeline, identical for the same seed."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
     torch.manual_seed(seed)
     return StableDiffusionPipeline(
         vae=tiny_vae(),

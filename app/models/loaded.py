@@ -1,9 +1,11 @@
 """A checkpoint in memory: its pipeline, the sibling pipelines that share its modules, the VAE in
 use, and how to let go of all of it at once (`detach`)."""
 
-from dataclasses import dataclass, field
+from __future__ import annotations
 
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.devices import DevicePlan, MemoryMode
 from app.kinds import JobKind
@@ -11,7 +13,12 @@ from app.models.compiled import BackgroundCompiler, CompiledUnet
 from app.models.placement import apply_plan
 from app.models.registry import ModelEntry, VaeEntry
 
-_SIBLINGS = {JobKind.IMG2IMG: StableDiffusionImg2ImgPipeline, JobKind.INPAINT: StableDiffusionInpaintPipeline}
+# diffusers and transformers are imported on first use, not at startup: the page answers seconds sooner
+# (launch.py serves it before the first checkpoint loads).
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+_SIBLINGS = {JobKind.IMG2IMG: "StableDiffusionImg2ImgPipeline", JobKind.INPAINT: "StableDiffusionInpaintPipeline"}
 _OFFLOAD_MODES = (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD)
 
 
@@ -64,7 +71,8 @@ class LoadedModel:
             kind = JobKind.TXT2IMG  # the base pipeline
         elif kind not in self.siblings:
             # Without dtype=, from_pipe casts the shared modules (the base's too) to float32.
-            self.siblings[kind] = _SIBLINGS[kind].from_pipe(self.base, dtype=self.base.unet.dtype)
+            sibling_class = getattr(importlib.import_module("diffusers"), _SIBLINGS[kind])
+            self.siblings[kind] = sibling_class.from_pipe(self.base, dtype=self.base.unet.dtype)
             self.siblings[kind].set_progress_bar_config(disable=True)
         pipe = self.base if kind is JobKind.TXT2IMG else self.siblings[kind]
         if plan.memory_mode in _OFFLOAD_MODES and self.hooked is not kind:

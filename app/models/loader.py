@@ -5,23 +5,24 @@ tokenizer in `configs/tokenizer/`: diffusers would otherwise download configs fr
 with local_files_only) or guess them and lose settings such as SD 2.1's `upcast_attention`.
 """
 
+from __future__ import annotations
+
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    StableDiffusionDepth2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionUpscalePipeline,
-)
-from transformers import CLIPTokenizer
 
 from app.errors import ModelLoadError
 from app.models.families import Family
 from app.models.registry import Layout, ModelEntry, VaeEntry
 from app.models.safe_weights import LOAD_ERRORS, load_failure
+
+# diffusers and transformers are imported on first use, not at startup: the page answers seconds sooner
+# (launch.py serves it before the first checkpoint loads).
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DiffusionPipeline
+    from transformers import CLIPTokenizer
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 TOKENIZER_DIR = CONFIGS_DIR / "tokenizer"
@@ -37,15 +38,19 @@ CONFIG_FOLDERS = {
     Family.X4_UPSCALER: "x4-upscaler",
 }
 
-PIPELINE_CLASSES = {
-    Family.SD1: StableDiffusionPipeline,
-    Family.SD2_V: StableDiffusionPipeline,
-    Family.SD2: StableDiffusionPipeline,
-    Family.SD1_INPAINT: StableDiffusionInpaintPipeline,
-    Family.SD2_INPAINT: StableDiffusionInpaintPipeline,
-    Family.SD2_DEPTH: StableDiffusionDepth2ImgPipeline,
-    Family.X4_UPSCALER: StableDiffusionUpscalePipeline,
+PIPELINE_CLASSES = {  # diffusers' class names
+    Family.SD1: "StableDiffusionPipeline",
+    Family.SD2_V: "StableDiffusionPipeline",
+    Family.SD2: "StableDiffusionPipeline",
+    Family.SD1_INPAINT: "StableDiffusionInpaintPipeline",
+    Family.SD2_INPAINT: "StableDiffusionInpaintPipeline",
+    Family.SD2_DEPTH: "StableDiffusionDepth2ImgPipeline",
+    Family.X4_UPSCALER: "StableDiffusionUpscalePipeline",
 }
+
+
+def pipeline_class(family: Family) -> type[DiffusionPipeline]:
+    return getattr(importlib.import_module("diffusers"), PIPELINE_CLASSES[family])
 
 
 def config_folder(family: Family, config_root: Path = MODEL_CONFIGS_DIR) -> Path:
@@ -54,6 +59,8 @@ def config_folder(family: Family, config_root: Path = MODEL_CONFIGS_DIR) -> Path
 
 def tokenizer_for(family: Family) -> CLIPTokenizer:
     """SD 1.x pads with <|endoftext|>; the OpenCLIP models (SD 2.x, the upscaler) with "!"."""
+    from transformers import CLIPTokenizer
+
     if family.uses_open_clip:
         return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
     return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
@@ -88,12 +95,12 @@ def _single_file(entry: ModelEntry, dtype: torch.dtype, config: Path) -> Diffusi
         # diffusers' depth pipeline has no single-file loader: the text-to-image one loads the same
         # parts (the config folder gives the UNet its 5 input channels; `depth_model.*` MiDaS
         # weights in the file are left out), then they are assembled into the depth pipeline.
-        parts = _load_single_file(StableDiffusionPipeline, entry, dtype, config)
-        return StableDiffusionDepth2ImgPipeline(
+        parts = _load_single_file(pipeline_class(Family.SD2), entry, dtype, config)
+        return pipeline_class(Family.SD2_DEPTH)(
             vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
             scheduler=parts.scheduler, **_without_estimator(entry.family),
         )
-    return _load_single_file(PIPELINE_CLASSES[entry.family], entry, dtype, config)
+    return _load_single_file(pipeline_class(entry.family), entry, dtype, config)
 
 
 def _load_single_file(cls, entry: ModelEntry, dtype: torch.dtype, config: Path) -> DiffusionPipeline:
@@ -116,13 +123,15 @@ def _diffusers_folder(entry: ModelEntry, dtype: torch.dtype) -> DiffusionPipelin
     extra = _without_estimator(entry.family)
     if entry.family not in (Family.X4_UPSCALER, Family.SD2_DEPTH):
         extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return PIPELINE_CLASSES[entry.family].from_pretrained(
+    return pipeline_class(entry.family).from_pretrained(
         entry.path, dtype=dtype, local_files_only=True, use_safetensors=True, **extra
     )
 
 
 def load_vae(vae: VaeEntry, family: Family, dtype: torch.dtype, config_root: Path = MODEL_CONFIGS_DIR) -> AutoencoderKL:
     """A standalone VAE file (A1111's models/VAE/), shaped by the checkpoint family's VAE config."""
+    from diffusers import AutoencoderKL
+
     try:
         return AutoencoderKL.from_single_file(
             str(vae.path),

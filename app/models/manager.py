@@ -7,12 +7,14 @@ completely, so memory does not grow; a failed load leaves the previous model wor
 during a job steps the device plan down one rung for everything loaded.
 """
 
+from __future__ import annotations
+
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DiffusionPipeline
 
 from app.devices import DevicePlan, MemoryMode, degraded
 from app.errors import EaselError, InvalidRequest, ModelLoadError, ModelNotFound, NoModelAvailable
@@ -27,6 +29,9 @@ from app.models.loader import MODEL_CONFIGS_DIR, load_pipeline, load_vae
 from app.models.placement import apply_plan
 from app.models.registry import Layout, ModelEntry, ModelRegistry, VaeEntry
 from app.models.upscaler_slots import UpscalerSlots
+
+if TYPE_CHECKING:  # diffusers itself is imported only when a checkpoint loads (app.models.loader)
+    from diffusers import DiffusionPipeline
 
 # Loading the new model before releasing the old one keeps the old one usable if the load fails,
 # but needs room for both; only then do it, with room to spare for the file pages being read
@@ -62,6 +67,7 @@ class ModelManager:
         self.facts = facts or HardwareFacts()
         self.upscalers = UpscalerSlots()
         self._loaded: LoadedModel | None = None
+        self.loading: ModelEntry | None = None  # the checkpoint being loaded now, for the page's status line
         self._vae_choice: VaeEntry | None = None  # from models/VAE/; None: each checkpoint's own
         # Held while a job runs and while loading, so a swap waits for the job in progress.
         self._lock = threading.RLock()
@@ -90,22 +96,30 @@ class ModelManager:
         with self._lock:
             if self._loaded and self._loaded.entry.path == entry.path and self._loaded.entry.family == entry.family:
                 return self._loaded.entry
-            if self.upscalers.x4 and not self._room_for(entry):
-                self.upscalers.release_x4()  # the SD x4 upscaler gives way to the checkpoint the user chose
-            if self._loaded and self._room_for(entry):
-                loaded = self._load(entry)  # raises with the old model still in place
-                self.unload()
-                self._loaded = loaded
-            else:
-                previous = self._loaded.entry if self._loaded else None
-                self.unload()
-                try:
-                    self._loaded = self._load(entry)
-                except Exception:
-                    if previous is not None:
-                        self._loaded = self._load(previous)  # a failed swap leaves the old model working
-                    raise
-            return self._loaded.entry
+            self.loading = entry
+            try:
+                return self._swap_to(entry)
+            finally:
+                self.loading = None
+
+    def _swap_to(self, entry: ModelEntry) -> ModelEntry:
+        """Load `entry` in place of the active checkpoint (the lock is held)."""
+        if self.upscalers.x4 and not self._room_for(entry):
+            self.upscalers.release_x4()  # the SD x4 upscaler gives way to the checkpoint the user chose
+        if self._loaded and self._room_for(entry):
+            loaded = self._load(entry)  # raises with the old model still in place
+            self.unload()
+            self._loaded = loaded
+        else:
+            previous = self._loaded.entry if self._loaded else None
+            self.unload()
+            try:
+                self._loaded = self._load(entry)
+            except Exception:
+                if previous is not None:
+                    self._loaded = self._load(previous)  # a failed swap leaves the old model working
+                raise
+        return self._loaded.entry
 
     def unload(self) -> None:
         """Release every module of the active checkpoint, its siblings included."""
@@ -274,4 +288,5 @@ class ModelManager:
     def _compile(self, loaded: LoadedModel) -> None:
         offloads = self.plan.memory_mode in (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD)
         if self.compiler is not None and loaded.entry.family.makes_images and compiles_on(self.plan.device, offloads):
+            self.compiler.prepare()  # the lock is held: no model runs meanwhile
             loaded.compile_unet(self.compiler)

@@ -62,6 +62,7 @@ def test_compiled_jobs_match_eager_and_loras_run_eager(compiled_models, tiny_con
         engine.select_checkpoint(TINY_SD1)
         compiled = models_of(engine).loaded.compiled
         assert compiled.state is CompileState.WAITING  # the load's speed calibration compiles nothing
+        assert models_of(engine).compiler.prepared  # inductor's one-time trace, done while the load held the lock
         first = generate(engine)  # eager, and starts compiling its inputs in the background
         assert compiled.state in (CompileState.PREPARING, CompileState.READY)
         if compiled.state is CompileState.PREPARING:

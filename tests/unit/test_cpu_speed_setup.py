@@ -84,7 +84,7 @@ def test_the_page_is_told_while_a_faster_mode_is_prepared():
     assert compile_sentence(None, None) == ""
 
 
-def test_the_compiler_keeps_its_graphs_in_easels_cache_and_traces_inductors_dummy_first(tmp_path):
+def test_the_compiler_keeps_its_graphs_in_easels_cache_and_traces_inductors_dummy_when_prepared(tmp_path):
     from torch._inductor.loop_body import InterpreterShim
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -93,8 +93,10 @@ def test_the_compiler_keeps_its_graphs_in_easels_cache_and_traces_inductors_dumm
     compiler = BackgroundCompiler(tmp_path / "torch-compile")
     try:
         assert cache_dir() == str(tmp_path / "torch-compile")  # not the temporary folder torch chose at import
-        # done before any job: tracing it later would break a job's model calls for its duration
-        assert InterpreterShim._dummy_gm.cache_info().currsize == 1
+        assert not compiler.prepared  # nothing of inductor's at startup: the page comes first
+        compiler.prepare()
+        # done before any compile: tracing it later would break a job's model calls for its duration
+        assert compiler.prepared and InterpreterShim._dummy_gm.cache_info().currsize == 1
     finally:
         compiler.close()
 
