@@ -3,6 +3,8 @@
 # It finds a Python that Easel can use and hands over to bootstrap.py, which does the rest, the same
 # as for launch.bat: the .venv with the PyTorch build for this computer, the install log
 # (logs/install.log), the record of what is installed, then Easel itself.
+# Typed as "sh launch.sh" (dash on Debian and Ubuntu): start again in bash before any bash-only line.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 

@@ -148,3 +148,10 @@ def test_launch_sh_and_launch_command_are_executable_in_git():
     assert all(line.startswith("100755") for line in listed.splitlines()), listed
     for name in ("launch.sh", "launch.command"):
         assert os.access(REPO / name, os.X_OK), name
+
+
+def test_launch_sh_typed_with_sh_restarts_itself_in_bash():
+    shell = shutil.which("dash") or shutil.which("sh")
+    answer = subprocess.run([shell, "launch.sh", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    assert "--reinstall" in answer.stdout
