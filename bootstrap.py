@@ -438,6 +438,14 @@ def windows_long_paths_enabled() -> bool:
         return False
 
 
+def remove_venv() -> None:
+    try:
+        shutil.rmtree(VENV)
+    except OSError as error:
+        raise LauncherError(f"Could not delete {VENV} ({error.strerror or error}). Is Easel still running? "
+                            "Close it, then run this again.") from None
+
+
 def make_venv(log: InstallLog) -> None:
     say(f"creating a Python environment in {VENV} ...")
     if run_logged([sys.executable, "-m", "venv", str(VENV)], log) != 0:
@@ -469,7 +477,7 @@ def install(options: Options, stamp: dict, reason: str) -> None:
                   f"{platform.python_version()} at {sys.executable}; {platform.platform()}; folder {ROOT}\n")
         say(f"installing what Easel needs ({reason}). The log is {LOG}")
         if options.reinstall and VENV.exists():
-            shutil.rmtree(VENV)
+            remove_venv()
             stamp = {}
         short_enough_path()
         if not venv_python().exists():
@@ -554,6 +562,12 @@ def main(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:
         print("\nStopped. Run this again to continue the install.", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug here must still leave the user a sentence and the log, not only a traceback
+        print(f"\nEasel could not start: something unexpected went wrong ({type(error).__name__}: {error}). "
+              "Run this again; if it happens again, report it with the install log.", file=sys.stderr)
+        if LOG.exists():
+            print(f"The install log is {LOG}", file=sys.stderr)
         return 1
     if options.setup_only:
         return 0

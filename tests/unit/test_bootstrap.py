@@ -294,3 +294,23 @@ def test_the_warm_up_writes_bytecode_even_where_the_environment_forbids_it(folde
     finally:
         log.close()
     assert "surely_not_a_module_easel" in (folder / "logs" / "install.log").read_text()
+
+
+def test_an_unexpected_error_still_ends_in_a_sentence(folder, monkeypatch, capsys):
+    def broken(options, stamp):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(bootstrap, "install_reason", broken)
+    monkeypatch.chdir(folder)  # main() moves into the Easel folder; the test's own folder comes back after
+    assert bootstrap.main(["--setup-only"]) == 1
+    err = capsys.readouterr().err
+    assert "Easel could not start: something unexpected went wrong (RuntimeError: disk on fire)" in err
+
+
+def test_a_venv_that_cannot_be_deleted_is_explained(folder, monkeypatch):
+    def locked(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(bootstrap.shutil, "rmtree", locked)
+    with pytest.raises(LauncherError, match="Is Easel still running"):
+        bootstrap.remove_venv()
