@@ -34,7 +34,7 @@ from app.generation.requests import GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
 from app.generation.runner import GenerationRunner
 from app.generation.safety import SafetyFilter
-from app.generation.speed import Clock, SpeedMeter, speed_key, speed_sentence
+from app.generation.speed import Clock, SpeedMeter, batch_seconds_left, speed_key, speed_sentence
 from app.generation.styles import Style, StyleBook, with_styles
 from app.generation.upscale import SD_X4_PREFIX, UpscalerChoice, UpscaleRequest, output_size, resampler_choices
 from app.generation.upscaling import UpscaleRunner
@@ -190,12 +190,9 @@ class Engine:
         if job.kind is JobKind.UPSCALE:
             return None  # the queue times upscales itself
         batch = self._speed.batch(job.request)
-        progress = job.progress
-        if batch is None or job is not self._queue.running or not progress.steps:
-            return None if batch is None else batch.total
-        left = max(0, progress.steps - progress.step)
-        steps = left * progress.step_seconds if progress.step_seconds else batch.steps_seconds * left / progress.steps
-        return steps + batch.decode_seconds
+        if batch is None:
+            return None
+        return batch_seconds_left(batch, job.progress) if job is self._queue.running else batch.total
 
     @property
     def running_job(self) -> Job | None:

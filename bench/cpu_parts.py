@@ -112,7 +112,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.repeats, not args.no_compile)))
         return
-    from bench.results import write_section
+    from bench.results import publish
     from bench.speed import cpu_facts
 
     started = time.time()
@@ -133,8 +133,7 @@ def main() -> None:
         "- median of the repeats; x: speed-up over the same part eager in the same dtype; UNet = one CFG step "
         "at 512x512 (batch 2), VAE = one 512x512 decode",
         "", *table(results), ""])
-    write_section(args.results, section)
-    print(section)
+    publish(section, args.results)
 
 
 if __name__ == "__main__":

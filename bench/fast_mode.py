@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402,F401  (offline switches before torch/diffusers)
-from bench.results import write_section  # noqa: E402
+from bench.results import publish  # noqa: E402
 from bench.speed import cpu_facts  # noqa: E402
 from bench.speed_variants import step_seconds, wait_until_fast  # noqa: E402
 
@@ -221,12 +221,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="easel-fast-", dir=args.cache) as work:
         results = measure(models, Path(work), args.cache / "easel-cache", size,
                           args.repeats or (1 if args.quick or args.tiny else 3))
-    section = report(results, size, args, started, load)
-    print("\n" + section)
-    path = args.results or (None if args.tiny else REPO / "bench" / "RESULTS.md")
-    if path:
-        write_section(path, section)
-        print(f"written to {path}")
+    publish(report(results, size, args, started, load), args.results or (None if args.tiny else REPO / "bench" / "RESULTS.md"))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,14 @@ import re
 from pathlib import Path
 
 
+def publish(section: str, path: Path | None) -> None:
+    """Print a bench's section, and write it into `path` (None: a smoke run, written nowhere)."""
+    print("\n" + section)
+    if path:
+        write_section(path, section)
+        print(f"written to {path}")
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace the section with `section`'s heading (or put it before the first other section)."""
     heading = section.splitlines()[0].strip()

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.results import write_section  # noqa: E402
+from bench.results import publish  # noqa: E402
 from bench.speed_variants import VARIANTS  # noqa: E402
 
 GIB = 2**30
@@ -293,12 +293,7 @@ def main() -> None:
     (args.cache / "easel-cache").mkdir(exist_ok=True)
     runs = model_runs(args)
     measured = measure(args, runs, variants, args.cache)
-    section = report(args, runs, measured, started, load)
-    print("\n" + section)
-    results = args.results or (None if args.tiny else REPO / "bench" / "RESULTS.md")
-    if results:
-        write_section(results, section)
-        print(f"written to {results}")
+    publish(report(args, runs, measured, started, load), args.results or (None if args.tiny else REPO / "bench" / "RESULTS.md"))
 
 
 if __name__ == "__main__":

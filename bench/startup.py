@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import bootstrap  # noqa: E402
-from bench.results import write_section  # noqa: E402
+from bench.results import publish  # noqa: E402
 from bench.speed import cpu_facts  # noqa: E402
 
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -111,9 +111,7 @@ def main() -> None:
         raise SystemExit("Nothing may need installing: run ./launch.sh --setup-only first.")
     cold = one_start()
     warm = [one_start() for _ in range(args.repeats)]
-    section = report(cold, warm, " ".join(["bench/startup.py", *sys.argv[1:]]))
-    print(section)
-    write_section(RESULTS, section)
+    publish(report(cold, warm, " ".join(["bench/startup.py", *sys.argv[1:]])), RESULTS)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,16 @@ class BatchEstimate:
         return self.steps_seconds + self.decode_seconds + self.overhead_seconds
 
 
+def batch_seconds_left(batch: BatchEstimate, progress) -> float:
+    """Seconds left of the batch running now (`progress`: its JobProgress): its own measured step rate
+    once it has one, else the estimate's share of the steps left."""
+    if not progress.steps:
+        return batch.total
+    left = max(0, progress.steps - progress.step)
+    steps = left * progress.step_seconds if progress.step_seconds else batch.steps_seconds * left / progress.steps
+    return steps + batch.decode_seconds
+
+
 def passes_of(request: GenerationRequest) -> list[Pass]:
     """The denoising passes one batch of `request` runs (hires fix: two)."""
     latents = request.batch_size * unet_passes(request.cfg_scale)
