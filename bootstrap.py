@@ -84,6 +84,9 @@ Launcher options:
   --reinstall                 delete .venv and install everything afresh
   --setup-only                install, then stop without starting Easel
   --with-tests                also install what the tests need (used by test.sh)
+  --with-cluster              also install the cluster packages (Ray, about 500 MB): with
+                              --setup-only, for a machine that runs Ray's own `ray start` (a team
+                              cluster's head or workers); Easel's --cluster installs them by itself
   -h, --help                  this help
 
 Every other option goes to Easel itself (launch.py):
@@ -104,6 +107,7 @@ class Options:
     reinstall: bool = False
     setup_only: bool = False
     with_tests: bool = False
+    with_cluster: bool = False
     help: bool = False
     check_python: bool = False
     app_args: list[str] = field(default_factory=list)
@@ -125,6 +129,8 @@ def parse_options(argv: list[str]) -> Options:
             options.setup_only = True
         elif arg == "--with-tests":
             options.with_tests = True
+        elif arg == "--with-cluster":
+            options.with_cluster = True
         elif arg == "--check-python":
             options.check_python = True
         elif arg == "--torch" or arg.startswith("--torch="):
@@ -133,8 +139,17 @@ def parse_options(argv: list[str]) -> Options:
                 raise LauncherError(f"--torch takes one of {', '.join(TORCH_CHOICES)} (got '{value}').")
             options.torch = value
         else:
-            options.app_args.append(arg)
+            options.app_args.append(arg)  # --cluster too: launch.py needs it, and cluster_flag reads it there
     return options
+
+
+def cluster_flag(options: Options) -> str | None:
+    """The flag that asks for the cluster packages (Ray), or None: they are large, so only when asked."""
+    if options.with_cluster:
+        return "--with-cluster"
+    if any(arg == "--cluster" or arg.startswith("--cluster=") for arg in options.app_args):
+        return "--cluster"
+    return None
 
 
 # --- Which PyTorch ----------------------------------------------------------------------------
@@ -303,6 +318,9 @@ def install_reason(options: Options, stamp: dict) -> str | None:
         return "the Easel folder moved"
     if options.with_tests and not stamp.get("tests"):
         return "the test packages are wanted"
+    flag = cluster_flag(options)
+    if flag and not stamp.get("cluster"):
+        return f"the cluster packages are wanted ({flag})"
     if options.torch not in ("auto", stamp.get("torch")):
         return f"you asked for --torch {options.torch}"
     return None
@@ -470,7 +488,17 @@ def install_torch(build: TorchBuild, log: InstallLog) -> None:
     pip_install(["--force-reinstall", "--no-deps", *index, *torch_pins()], log)
 
 
+def extras_spec(tests: bool, cluster: bool) -> str:
+    """pip's extras after `.`: `[test]`, `[cluster]`, `[test,cluster]`, or nothing."""
+    names = [name for name, wanted in (("test", tests), ("cluster", cluster)) if wanted]
+    return f"[{','.join(names)}]" if names else ""
+
+
 def install(options: Options, stamp: dict, reason: str) -> None:
+    # Extras once installed stay wanted (a plain start after --with-tests or --cluster must not drop
+    # them), through a new PyTorch build or --reinstall too: a worker machine runs only `ray start`.
+    tests = bool(options.with_tests or stamp.get("tests"))
+    cluster = bool(cluster_flag(options) or stamp.get("cluster"))
     log = InstallLog()
     try:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')}: install ({reason}); Python "
@@ -490,14 +518,13 @@ def install(options: Options, stamp: dict, reason: str) -> None:
         if stamp.get("torch") != build.kind or not same_release(installed_torch_version(venv_python()), pins[0]):
             enough_disk(build.kind)
             install_torch(build, log)
-            stamp = {"torch": build.kind}
+            stamp = {"torch": build.kind, "tests": tests, "cluster": cluster}  # an interrupted install keeps them
             write_stamp(stamp)
-        say("installing Easel's other packages ...")
-        extras = "[test]" if options.with_tests or stamp.get("tests") else ""
-        pip_install(["--constraint", str(CONSTRAINTS), "--editable", f".{extras}"], log)
-        warm_up(log)
+        say("installing Easel's other packages" + (" and the cluster packages (Ray)" if cluster else "") + " ...")
+        pip_install(["--constraint", str(CONSTRAINTS), "--editable", f".{extras_spec(tests, cluster)}"], log)
+        warm_up(log)  # never imports ray: a start without --cluster must not pay for it
         write_stamp({"complete": True, "torch": build.kind, "requirements": requirements_digest(),
-                     "folder": str(ROOT), "tests": bool(extras), "python": platform.python_version()})
+                     "folder": str(ROOT), "tests": tests, "cluster": cluster, "python": platform.python_version()})
         log.write("===== done\n")
         say("installed.")
     finally:

@@ -25,7 +25,9 @@ from app.errors import EaselError
 
 def build_parser() -> argparse.ArgumentParser:
     """Easel's flags. Standard library only, so the launchers' --help works before anything is installed."""
-    parser = argparse.ArgumentParser(prog="launch.py", description="Easel: a local Stable Diffusion studio.")
+    # No abbreviated flags: the launcher looks for --cluster itself, to install Ray only when it is asked for.
+    parser = argparse.ArgumentParser(prog="launch.py", description="Easel: a local Stable Diffusion studio.",
+                                     allow_abbrev=False)
     parser.add_argument("--models-dir", type=Path, help="folder with Stable-diffusion/ inside (default: models)")
     parser.add_argument("--outputs-dir", type=Path, help="where images are saved (default: outputs)")
     parser.add_argument("--port", type=int, help="port to serve on (default: 7860)")
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --listen, let anyone on the network in without a password")
     sharing.add_argument("--hash-password", action="store_true",
                          help="print a hashed password for --auth-file (asks for the password), then exit")
+    team = parser.add_argument_group("workers on other GPUs or machines (Ray; see the README's team cluster section)")
+    team.add_argument("--cluster", metavar="auto|ray://HOST:PORT|local:N",
+                      help="run the generation on a Ray cluster: auto joins the one this machine is part of "
+                           "(ray start), ray://HOST:PORT a remote head, local:N starts N workers here")
     return parser
 
 
@@ -140,6 +146,27 @@ def load_first_checkpoint(engine) -> None:
         print(error.message, file=sys.stderr, flush=True)
 
 
+def cluster_workers(value: str, settings):
+    """The workers --cluster names (None: run on this machine alone, as the user chose when the
+    cluster could not be reached). Ray is imported here and only here."""
+    try:
+        from app.cluster.connect import ClusterUnreachable, connect
+    except ImportError:
+        raise EaselError("The cluster packages (Ray) are not installed. Start Easel with the launcher "
+                         "(./launch.sh or launch.bat) and --cluster: it installs them.") from None
+    print("Starting the workers (this takes a little while) ...", flush=True)
+    try:
+        return connect(value, settings)
+    except ClusterUnreachable as error:
+        print(error.message, file=sys.stderr, flush=True)
+        if not sys.stdin.isatty():
+            raise EaselError("Start Easel without --cluster to run on this machine alone.") from None
+        answer = input("Run Easel on this machine alone instead? [Y/n] ").strip().lower()
+        if answer not in ("", "y", "yes"):
+            raise EaselError("Not started. Start the cluster, then start Easel again.") from None
+        return None
+
+
 def print_password_hash() -> int:
     import getpass
 
@@ -178,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         listening = settings.host not in ("127.0.0.1", "localhost", "::1")
         access = server_access(listening, settings.auth, settings.auth_file, settings.api_auth, settings.insecure,
                                settings.access_file)
-        engine = create_engine(settings)
+        workers = cluster_workers(args.cluster, settings) if args.cluster else None
+        engine = create_engine(settings, workers=workers)
     except EaselError as error:
         print(f"Easel could not start: {error.message}", file=sys.stderr)
         return 2

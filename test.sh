@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. ./test.sh tests/unit -x
 set -euo pipefail
 cd "$(dirname "$0")"
-./launch.sh --setup-only --with-tests
+./launch.sh --setup-only --with-tests --with-cluster
 # The browser tests (tests/e2e) drive Debian's Chromium and the launcher tests run Debian's shellcheck.
 # CI runs as root: install them there if missing.
 missing=()

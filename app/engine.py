@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from app.devices import DeviceOptions, MemoryMode, plan_device
-from app.errors import InvalidRequest, ModelNotFound
+from app.errors import EaselError, InvalidRequest, ModelNotFound, NoModelAvailable
 from app.generation import samplers
 from app.generation.fast_mode import lcm_lora
 from app.generation.hires import check_upscaler, hires_upscaler_names, second_pass, second_pass_steps
@@ -51,11 +51,20 @@ from app.models.detect import Prediction
 from app.models.download import DownloadProgress, download_helper, download_model
 from app.models.manager import ModelManager
 from app.models.network_library import EmbeddingsReport, LoraEntry, NetworkFolders, NetworkLibrary
-from app.models.registry import ModelEntry, ModelFolders, ModelRegistry, VaeEntry
+from app.models.registry import (
+    ModelEntry,
+    ModelFolders,
+    ModelRegistry,
+    VaeEntry,
+    find_checkpoint,
+    generating,
+    selectable,
+)
 from app.models.safety_checker import SAFETY_CHECKER_ID, SafetyCheckerSlot
 from app.models.taesd import TAESD_ID, TaesdSlot
 from app.models.upscalers import UpscalerEntry
 from app.settings import Settings
+from app.workers import Workers, WorkerStatus
 
 
 @dataclass(frozen=True)
@@ -67,16 +76,22 @@ class EngineStatus:
     speed: str = ""          # one sentence: what an image takes on this machine, measured
     compiling: str = ""      # one sentence while the compiled mode is prepared, ready or unavailable
     loading: ModelEntry | None = None  # the checkpoint being loaded now (jobs wait for it)
+    workers: tuple[WorkerStatus, ...] = ()  # on a cluster: each worker, what it holds and does
 
 
 class Engine:
-    def __init__(self, settings: Settings, models: ModelManager, store: OutputStore, clock: Clock = time.monotonic):
-        """`clock`: what the speed meter times steps and decodes with (a test's fake one)."""
+    def __init__(self, settings: Settings, models: ModelManager, store: OutputStore, clock: Clock = time.monotonic,
+                 workers: Workers | None = None):
+        """`clock`: what the speed meter times steps and decodes with (a test's fake one). `workers`: a
+        cluster (app.cluster) that runs the jobs; this Engine then keeps the queue and writes the outputs,
+        and loads no checkpoint itself."""
         self.settings = settings
         self._models = models
         self._registry = models.registry
         self._store = store
-        writer = OutputWriter(store, watermark=settings.watermark)
+        self._workers = workers
+        self._cluster_checkpoint: str | None = None  # on a cluster: the page's choice, for jobs naming none
+        self._writer = writer = OutputWriter(store, watermark=settings.watermark)
         self._styles = StyleBook(settings.styles_file)
         self._safety = safety_filter(settings, models)
         self._networks = NetworkLibrary(self._registry.models_dir, settings.cache_dir / "network-facts.json")
@@ -89,7 +104,10 @@ class Engine:
         # When the queue runs dry, what the last job freed (activations, decoded pictures) goes back to
         # the system (a few ms): otherwise the C heap keeps it, and a swap after a job looks like growth.
         self._queue = JobQueue(self._run, max_size=settings.queue_size, max_per_owner=settings.queue_per_user,
-                               on_idle=trim_heap, estimate=self._turn_seconds)
+                               on_idle=trim_heap, estimate=self._turn_seconds, slots=workers.slots() if workers else 1,
+                               placement=workers.placement if workers else None)
+        if workers is not None:  # one job per live worker: more when a machine joins
+            workers.on_slots(self._queue.set_slots)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -99,10 +117,12 @@ class Engine:
         `owner` is who asked (a user name or address): the queue takes turns between owners."""
         request = with_styles(request, self._styles).validated()
         if request.model is not None:
-            request.model = self._registry.find(request.model).title  # unknown names fail now, not later
+            request.model = self._find(request.model).title  # unknown names fail now, not later
+        elif self._workers is not None:  # a worker may hold any checkpoint: the job names the page's choice
+            request.model = self._default_checkpoint().title
         check_upscaler(request, self.upscalers())
         if request.easel_fast:  # no LCM-LoRA: the sentence saying what to download now, not at its turn
-            entry = self._registry.find(request.model) if request.model else self._models.active
+            entry = self._find(request.model) if request.model else self._models.active
             if entry is not None:
                 lcm_lora(self._networks, entry.family)
         strength = request.strength if request.is_img2img else 1.0
@@ -129,25 +149,24 @@ class Engine:
         return self.submit_upscale(request).wait(timeout)
 
     def skip(self, owner: str | None = None) -> bool:
-        """Finish the running job's current batch now and go on with its next one.
+        """Finish the running jobs' current batches now and go on with their next ones.
 
-        With `owner`, only that owner's job; returns whether a job was told."""
-        job = self._queue.running
-        if job is None or (owner is not None and job.owner != owner):
-            return False
-        job.skip()
-        return True
+        With `owner`, only that owner's jobs; returns whether a job was told."""
+        jobs = [job for job in self._queue.running_jobs() if owner is None or job.owner == owner]
+        for job in jobs:
+            job.skip()
+        return bool(jobs)
 
     def interrupt(self, owner: str | None = None) -> bool:
-        """Stop the running job at its next step; what it made so far is kept.
+        """Stop every running job at its next step; what each made so far is kept.
 
-        With `owner` (the HTTP API), stop only that owner's work: their running job, and their
+        With `owner` (the HTTP API), stop only that owner's work: their running jobs, and their
         waiting jobs never start. A colleague's job is not theirs to stop. Returns whether any stopped."""
         if owner is None:
-            job = self._queue.running
-            if job is not None:
+            running = self._queue.running_jobs()
+            for job in running:
                 job.cancel()
-            return job is not None
+            return bool(running)
         jobs = self._queue.jobs_of(owner)
         for job in jobs:
             job.cancel()
@@ -175,11 +194,11 @@ class Engine:
         """Roughly how long until `job` is done: its wait, then its own remaining batches, from
         measured speed (a running one from its own measured step rate)."""
         if job.kind is JobKind.UPSCALE:
-            return job.progress.eta_seconds() if job is self._queue.running else self.eta_seconds(job)
+            return job.progress.eta_seconds() if job in self._queue.running_jobs() else self.eta_seconds(job)
         batch = self._speed.batch(job.request)
         if batch is None:
             return None
-        if job is self._queue.running:
+        if job in self._queue.running_jobs():
             now = self._turn_seconds(job)
             return None if now is None else now + batch.total * (job.turns_left - 1)
         wait = self.eta_seconds(job)
@@ -192,18 +211,22 @@ class Engine:
         batch = self._speed.batch(job.request)
         if batch is None:
             return None
-        return batch_seconds_left(batch, job.progress) if job is self._queue.running else batch.total
+        return batch_seconds_left(batch, job.progress) if job in self._queue.running_jobs() else batch.total
 
-    @property
-    def running_job(self) -> Job | None:
-        return self._queue.running
+    def running_jobs(self) -> list[Job]:
+        """The jobs whose turn runs now (one per busy worker), in the order they started."""
+        return self._queue.running_jobs()
 
     def status(self) -> EngineStatus:
+        if self._workers is not None:
+            return EngineStatus(device=self._workers.description(), model=self.active_checkpoint(),
+                                queued=self._queue.waiting_count(), running=bool(self._queue.running_jobs()),
+                                workers=tuple(self._workers.statuses()))
         return EngineStatus(
             device=self._models.plan.description,
             model=self._models.active,
             queued=self._queue.waiting_count(),
-            running=self._queue.running is not None,
+            running=bool(self._queue.running_jobs()),
             speed=self._speed_sentence(),
             compiling=compile_sentence(*self._models.compile_state()),
             loading=self._models.loading,
@@ -223,27 +246,66 @@ class Engine:
     # --- checkpoints and VAEs ---------------------------------------------------------------
 
     def checkpoints(self) -> list[ModelEntry]:
-        """Every checkpoint file in the models folder, usable ones first; others carry the reason."""
+        """Every checkpoint file in the models folder, usable ones first; others carry the reason. On a
+        cluster: every worker's usable checkpoints, merged (this machine's folder until they report)."""
+        if self._workers is not None:
+            return self._workers.checkpoints() or self._registry.entries
         return self._registry.entries
 
     def selectable_checkpoints(self) -> list[ModelEntry]:
         """The checkpoints that can be made the active one."""
-        return self._registry.selectable()
+        return selectable(self.checkpoints())
 
     def generating_checkpoints(self) -> list[ModelEntry]:
         """The checkpoints that make pictures from a prompt (the first is the default)."""
-        return self._registry.generating()
+        return generating(self.checkpoints())
 
     def active_checkpoint(self) -> ModelEntry | None:
+        """The checkpoint in memory; on a cluster, the page's choice that jobs naming none use."""
+        if self._workers is not None:
+            try:
+                return self._default_checkpoint()
+            except EaselError:
+                return None
         return self._models.active
 
     def select_checkpoint(self, title: str | None = None) -> ModelEntry:
         """Make `title` (default: the first usable one) the active checkpoint, after the job running now,
-        and measure its speed here (a short calibration)."""
+        and measure its speed here (a short calibration). On a cluster: the checkpoint jobs use when
+        they name none; the workers load it when a job comes."""
+        if self._workers is not None:
+            entry = self._find(title) if title else self._default_checkpoint()
+            self._cluster_checkpoint = entry.title
+            return entry
         entry = self._models.load(title)
         if entry.family.makes_images:
             self._generation.calibrate(entry.title)
         return entry
+
+    def _find(self, title: str) -> ModelEntry:
+        """A checkpoint by title, name or file name (ModelNotFound naming the ones there are, or on a
+        cluster the machines that lack it)."""
+        try:
+            return find_checkpoint(self.checkpoints(), title)
+        except ModelNotFound:
+            lacking = self._workers.lacking(title) if self._workers is not None else None
+            if lacking:
+                raise ModelNotFound(lacking) from None
+            raise
+
+    def _default_checkpoint(self) -> ModelEntry:
+        """On a cluster, the checkpoint for jobs that name none: the page's choice, else the first."""
+        if self._cluster_checkpoint is not None:
+            try:
+                return self._find(self._cluster_checkpoint)
+            except ModelNotFound:  # its file went away everywhere: fall back to the first
+                self._cluster_checkpoint = None
+        usable = self.generating_checkpoints() or self.selectable_checkpoints()
+        if not usable:
+            raise NoModelAvailable("No worker has a checkpoint yet. Put a Stable Diffusion model (.safetensors) "
+                                   "into models/Stable-diffusion on a worker machine; the workers look again "
+                                   "every few seconds.")
+        return usable[0]
 
     def set_prediction(self, title: str, prediction: Prediction) -> ModelEntry:
         """The user's v-prediction or epsilon choice for an SD 2.x single file; reloads it if active."""
@@ -392,11 +454,15 @@ class Engine:
 
     def close(self) -> None:
         self._queue.close()
+        if self._workers is not None:
+            self._workers.close()
         self._models.close()
         self._safety.release()
         self._taesd.release()
 
     def _run(self, job: Job):
+        if self._workers is not None:
+            return self._workers.run(job, self._writer, self._safety.enabled, self._models.vae_choice)
         if job.kind is JobKind.UPSCALE:
             return self._upscaling.run(job)
         return self._generation.turn(job)
@@ -438,6 +504,7 @@ def safety_filter(settings: Settings, models: ModelManager) -> SafetyFilter:
     return SafetyFilter(slot, enabled=settings.safety_filter)
 
 
-def create_engine(settings: Settings, facts: HardwareFacts | None = None) -> Engine:
-    """The Engine for these settings (facts: the hardware, probed when not given)."""
-    return Engine(settings, model_manager(settings, facts), OutputStore(settings.outputs_dir))
+def create_engine(settings: Settings, facts: HardwareFacts | None = None, workers: Workers | None = None) -> Engine:
+    """The Engine for these settings (facts: the hardware, probed when not given; workers: a cluster
+    that runs the jobs, app.cluster.connect)."""
+    return Engine(settings, model_manager(settings, facts), OutputStore(settings.outputs_dir), workers=workers)

@@ -40,6 +40,7 @@ class Settings:
     styles_file: Path = Path("styles.csv")  # A1111's saved styles (name,prompt,negative_prompt)
     safety_filter: bool = False      # blur what the CompVis safety checker flags
     torch_compile: bool = True       # compile the UNet in the background (faster after a few minutes)
+    cluster_cpu_cores: int = 4       # --cluster on machines without GPUs: one worker per this many cores
 
     @property
     def demo_models_dir(self) -> Path:

@@ -9,6 +9,7 @@ from app.models.detect import FamilySource, Prediction
 from app.models.download import DownloadProgress
 from app.models.families import Family
 from app.models.registry import ModelEntry
+from app.workers import WorkerStatus
 from ui.runner import page_error, user_message
 from ui.safety import safety_switch
 
@@ -39,10 +40,18 @@ def model_status(engine: Engine) -> str:
                 "v-prediction (768). If its pictures look like noise or flat colour, switch below."
             )
     lines.append(status.device)
-    lines.append(status.speed)
+    lines += [worker_line(number, worker) for number, worker in enumerate(status.workers, start=1)]
+    if status.speed:
+        lines.append(status.speed)
     if status.compiling:
         lines.append(status.compiling)
     return "  \n".join(lines)
+
+
+def worker_line(number: int, worker: WorkerStatus) -> str:
+    """One cluster worker: where, what it holds, what it does."""
+    holds = f"holds **{worker.holds}**" if worker.holds else "no checkpoint loaded"
+    return f"Worker {number} ({worker.name}): {holds}; {worker.doing}."
 
 
 def _choices(engine: Engine) -> list[tuple[str, str]]:

@@ -240,7 +240,7 @@ def api_router(engine: Engine, access: Access, limiter: LoginLimiter) -> APIRout
     def progress(owner: str = Depends(caller), skip_current_image: bool = False):
         """The caller's own job: how far it is, and its live preview (never a colleague's picture)."""
         jobs = engine.jobs_of(owner)
-        running = next((job for job in jobs if job is engine.running_job), None)
+        running = next((job for job in jobs if job in engine.running_jobs()), None)
         waiting = [job for job in jobs if job is not running]
         state = ProgressState(job_count=len(jobs), queue_position=engine.position(waiting[0]) if waiting else 0)
         if running is None:

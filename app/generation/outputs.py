@@ -34,6 +34,12 @@ class OutputWriter:
         path = self.store.save(picture, parameters, request.kind.output_category, seed) if request.save else None
         return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
 
+    def made_elsewhere(self, picture: Image.Image, parameters: str, kind: JobKind, seed: int | None,
+                       save: bool) -> GeneratedImage:
+        """A picture a cluster worker finished (marked and described there): saved here, by the one writer."""
+        path = self.store.save(picture, parameters, kind.output_category, seed) if save else None
+        return GeneratedImage(image=picture, path=path, seed=seed, parameters=parameters)
+
     def upscaled(self, request: UpscaleRequest, picture: Image.Image) -> GeneratedImage:
         """An upscaled picture with its source's parameters and A1111's postprocessing keys."""
         parameters = postprocess_parameters(request)

@@ -95,6 +95,27 @@ def diffusers_family(folder: Path) -> Family:
     return Family.SD2_V if v_prediction else Family.SD2
 
 
+def selectable(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The checkpoints that can be made the active one (every usable one but the x4 upscalers)."""
+    return [e for e in entries if e.usable and e.family.is_checkpoint]
+
+
+def generating(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """The checkpoints that make pictures from a prompt (not inpainting-only, not upscalers)."""
+    return [e for e in entries if e.usable and e.family.makes_images]
+
+
+def find_checkpoint(entries: list[ModelEntry], title: str) -> ModelEntry:
+    """By title, name or file name; A1111 clients may add " [hash]" to a title."""
+    wanted = title.strip()
+    bare = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted
+    for entry in entries:
+        if bare in (entry.title, entry.name, entry.path.name):
+            return entry
+    names = ", ".join(e.title for e in entries) or "none"
+    raise ModelNotFound(f"There is no checkpoint named '{title}'. Available: {names}. Press refresh after adding files.")
+
+
 class ModelRegistry:
     """The checkpoints under `<models_dir>/Stable-diffusion/` (and any extra folders, e.g. the demo)."""
 
@@ -120,12 +141,10 @@ class ModelRegistry:
         return list(self._entries)
 
     def selectable(self) -> list[ModelEntry]:
-        """The checkpoints that can be made the active one (every usable one but the x4 upscalers)."""
-        return [e for e in self._entries if e.usable and e.family.is_checkpoint]
+        return selectable(self._entries)
 
     def generating(self) -> list[ModelEntry]:
-        """The checkpoints that make pictures from a prompt (not inpainting-only, not upscalers)."""
-        return [e for e in self._entries if e.usable and e.family.makes_images]
+        return generating(self._entries)
 
     def x4_upscalers(self) -> list[ModelEntry]:
         """The SD x4 diffusion upscaler checkpoints."""
@@ -174,16 +193,7 @@ class ModelRegistry:
         return self.entries
 
     def find(self, title: str) -> ModelEntry:
-        """By title, name or file name; A1111 clients may add " [hash]" to a title."""
-        wanted = title.strip()
-        bare = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted
-        for entry in self._entries:
-            if bare in (entry.title, entry.name, entry.path.name):
-                return entry
-        names = ", ".join(e.title for e in self._entries) or "none"
-        raise ModelNotFound(
-            f"There is no checkpoint named '{title}'. Available: {names}. Press refresh after adding files."
-        )
+        return find_checkpoint(self._entries, title)
 
     def with_hash(self, entry: ModelEntry) -> ModelEntry:
         """The entry with its A1111 short hash, hashing the file once (cached on disk)."""

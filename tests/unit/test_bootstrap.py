@@ -1,6 +1,7 @@
 """bootstrap.py: the launchers' shared steps, without installing anything (tests/release installs for real)."""
 
 import http.server
+import re
 import subprocess
 import sys
 import threading
@@ -32,6 +33,28 @@ def test_launcher_flags_are_taken_and_the_rest_goes_to_launch_py_in_order():
     assert options.app_args == ["--demo", "--port", "7861", "--no-browser"]
     assert parse_options(["--torch=rocm"]).torch == "rocm"
     assert parse_options([]).torch == "auto"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    ([], None),
+    (["--demo", "--clusterish"], None),
+    (["--with-cluster", "--setup-only"], "--with-cluster"),
+    (["--cluster", "auto", "--listen"], "--cluster"),
+    (["--cluster=local:2"], "--cluster"),
+    (["--cluster", "ray://10.0.0.5:10001", "--with-cluster"], "--with-cluster"),
+])
+def test_the_cluster_packages_are_wanted_only_when_a_flag_asks(argv, flag):
+    options = parse_options(argv)
+    assert bootstrap.cluster_flag(options) == flag
+    assert "--with-cluster" not in options.app_args
+    assert [arg for arg in argv if arg.startswith("--cluster")] == \
+        [arg for arg in options.app_args if arg.startswith("--cluster")]  # launch.py still gets --cluster
+
+
+def test_cluster_keeps_its_value_for_launch_py_in_order():
+    options = parse_options(["--demo", "--cluster", "local:2", "--torch", "cpu", "--listen"])
+    assert options.app_args == ["--demo", "--cluster", "local:2", "--listen"]
+    assert parse_options(["--with-cluster"]).with_cluster
 
 
 @pytest.mark.parametrize("argv", [["--torch", "gpu"], ["--torch"], ["--torch="]])
@@ -148,10 +171,77 @@ def test_each_change_that_needs_an_install_is_named(folder):
     assert bootstrap.install_reason(Options(reinstall=True), stamp) == "you asked for --reinstall"
     assert bootstrap.install_reason(Options(torch="cuda"), stamp) == "you asked for --torch cuda"
     assert bootstrap.install_reason(Options(with_tests=True), stamp) == "the test packages are wanted"
+    assert bootstrap.install_reason(parse_options(["--cluster", "auto"]), stamp) == \
+        "the cluster packages are wanted (--cluster)"
+    assert bootstrap.install_reason(parse_options(["--cluster=local:2"]), stamp) == \
+        "the cluster packages are wanted (--cluster)"
+    assert bootstrap.install_reason(Options(with_cluster=True), stamp) == \
+        "the cluster packages are wanted (--with-cluster)"
     assert bootstrap.install_reason(Options(), {**stamp, "complete": False}) == "the last install did not finish"
     assert bootstrap.install_reason(Options(), {**stamp, "folder": "/elsewhere"}) == "the Easel folder moved"
     (folder / "constraints.txt").write_text((folder / "constraints.txt").read_text() + "\n# changed\n")
     assert bootstrap.install_reason(Options(), stamp) == "Easel's package list changed"
+
+
+def test_the_cluster_packages_once_installed_need_no_install(folder):
+    stamp = installed(folder, cluster=True)
+    assert bootstrap.install_reason(parse_options(["--cluster", "auto"]), stamp) is None
+    assert bootstrap.install_reason(Options(with_cluster=True), stamp) is None
+    assert bootstrap.install_reason(Options(), stamp) is None
+
+
+@pytest.mark.parametrize("tests, cluster, extras", [
+    (False, False, ""), (True, False, "[test]"), (False, True, "[cluster]"), (True, True, "[test,cluster]"),
+])
+def test_the_extras_name_what_is_wanted(tests, cluster, extras):
+    assert bootstrap.extras_spec(tests, cluster) == extras
+
+
+@pytest.fixture
+def pip_calls(folder, monkeypatch):
+    """install() with PyTorch already in place and pip and the warm-up faked: the pip arguments it used."""
+    calls = []
+    monkeypatch.setattr(bootstrap, "this_machine", lambda: LINUX)
+    monkeypatch.setattr(bootstrap, "installed_torch_version", lambda python: "2.14.1+cpu")
+    monkeypatch.setattr(bootstrap, "pip_install", lambda args, log: calls.append(args))
+    monkeypatch.setattr(bootstrap, "warm_up", lambda log: None)
+    return calls
+
+
+def editable(args: list[str]) -> str:
+    return args[args.index("--editable") + 1]
+
+
+@pytest.mark.parametrize("argv, before, extras, after", [
+    (["--cluster", "local:2"], {}, ".[cluster]", {"tests": False, "cluster": True}),
+    (["--setup-only", "--with-cluster"], {"tests": True}, ".[test,cluster]", {"tests": True, "cluster": True}),
+    (["--with-tests"], {"cluster": True}, ".[test,cluster]", {"tests": True, "cluster": True}),
+    ([], {"cluster": True, "complete": False}, ".[cluster]", {"tests": False, "cluster": True}),  # not dropped
+    (["--with-tests"], {}, ".[test]", {"tests": True, "cluster": False}),
+])
+def test_install_asks_pip_for_the_extras_and_the_stamp_remembers_them(folder, pip_calls, argv, before, extras,
+                                                                       after):
+    options = parse_options(argv)
+    stamp = installed(folder, **before)
+    bootstrap.install(options, stamp, bootstrap.install_reason(options, stamp) or "test")
+    assert [editable(args) for args in pip_calls] == [extras]
+    written = bootstrap.read_stamp()
+    assert {name: written[name] for name in after} == after
+    assert bootstrap.install_reason(parse_options(argv), written) is None
+    assert bootstrap.install_reason(Options(), written) is None  # a plain start next installs nothing
+
+
+def test_a_new_torch_build_keeps_the_cluster_packages(folder, pip_calls, monkeypatch):
+    monkeypatch.setattr(bootstrap, "enough_disk", lambda kind: None)
+    monkeypatch.setattr(bootstrap, "install_torch", lambda build, log: None)
+    stamp = installed(folder, torch="cuda", cluster=True)
+    bootstrap.install(Options(torch="cpu"), stamp, "you asked for --torch cpu")
+    assert [editable(args) for args in pip_calls] == [".[cluster]"]
+    assert bootstrap.read_stamp()["cluster"] is True
+
+
+def test_the_warm_up_does_not_import_ray():
+    assert not re.search(r"\bray\b", bootstrap.WARM_UP)  # a start without --cluster must not pay for it
 
 
 def test_torch_pins_come_from_the_constraints_file(folder):
@@ -243,7 +333,7 @@ def test_help_lists_the_launcher_flags_and_every_flag_of_launch_py():
 
     answer = run_bootstrap("--help")
     assert answer.returncode == 0
-    for flag in ("--torch", "--reinstall", "--setup-only", "--with-tests"):
+    for flag in ("--torch", "--reinstall", "--setup-only", "--with-tests", "--with-cluster"):
         assert flag in answer.stdout
     for action in launch.build_parser()._actions:
         for flag in action.option_strings:
