@@ -193,11 +193,9 @@ class Engine:
     def seconds_left(self, job: Job) -> float | None:
         """Roughly how long until `job` is done: its wait, then its own remaining batches, from
         measured speed (a running one from its own measured step rate)."""
-        if job.kind is JobKind.UPSCALE:
+        batch = self._speed.batch(job.request) if job.kind is not JobKind.UPSCALE else None
+        if batch is None:  # an upscale, or nothing measured here (on a cluster the workers measure)
             return job.progress.eta_seconds() if job in self._queue.running_jobs() else self.eta_seconds(job)
-        batch = self._speed.batch(job.request)
-        if batch is None:
-            return None
         if job in self._queue.running_jobs():
             now = self._turn_seconds(job)
             return None if now is None else now + batch.total * (job.turns_left - 1)

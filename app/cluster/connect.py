@@ -47,6 +47,11 @@ class ClusterChoice:
     def local(self) -> bool:
         return self.address is None
 
+    @property
+    def client(self) -> bool:
+        """Through Ray Client, which cannot stream a response."""
+        return bool(self.address) and self.address.startswith("ray://")
+
     def description(self) -> str:
         if self.local:
             return "Generation runs on a local Ray cluster on this machine"
@@ -151,11 +156,13 @@ def connect(value: str, settings: Settings) -> ClusterWorkers:
             ray.init(address=choice.address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, grpc errors... all mean "not there"
         raise ClusterUnreachable(unreachable_sentence(choice, error)) from error
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a terminal for people: Easel's lines, not Serve's
     serve.start(proxy_location="Disabled")
     deployment = Deployment(choice, settings, fixed)
     deployment.scale()
     return ClusterWorkers(deployment.handle, board(), choice.description(),
-                          scale=None if choice.local else deployment.scale, on_close=disconnect)
+                          scale=None if choice.local else deployment.scale, on_close=disconnect,
+                          streaming=not choice.client)
 
 
 def _local_gpus(settings: Settings) -> int:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 3               # a turn whose worker is lost this many times in a row fails, saying so
 WATCH_SECONDS = 1.0        # how often the front end reads the board for the workers' status
+POLL_SECONDS = 0.25        # on Ray Client, how often a running turn's progress is read from the board
 LOST = "A worker stopped during this job; it continues on another worker."
 
 
@@ -58,8 +59,9 @@ class ClusterWorkers:
     """`app.workers.Workers` over a Serve deployment of `EaselWorker`s and the board."""
 
     def __init__(self, handle, board, description: str, scale: Callable[[], None] | None = None,
-                 on_close: Callable[[], None] | None = None):
+                 on_close: Callable[[], None] | None = None, streaming: bool = True):
         self._handle = handle
+        self._streaming = streaming      # False on Ray Client: progress is read from the board
         self._board = board
         self._description = description
         self._scale = scale              # grows the deployment when machines joined (auto clusters)
@@ -190,22 +192,40 @@ class ClusterWorkers:
     def _followed(self, job: Job, turn: Turn, checkpoint: str) -> Finished:
         with self._lock:
             self._sent[job.id] = checkpoint
-        stream = self._handle.options(stream=True, multiplexed_model_id=checkpoint).run.remote(turn)
-        for event in stream:
-            if isinstance(event, Started):
-                with self._lock:
-                    self._holding[event.worker] = event.holds
-                    self._busy[job.id] = event.worker
-                    self._sent.pop(job.id, None)
-            elif isinstance(event, Stepped):
-                preview = {"preview": picture_of(event.preview)} if event.preview else {}
-                job.report(step=event.step, steps=event.steps, step_seconds=event.step_seconds, **preview,
-                           **({"message": event.message} if event.message else {}))
-            elif isinstance(event, Finished):
+        if self._streaming:
+            events = self._handle.options(stream=True, multiplexed_model_id=checkpoint).run.remote(turn)
+        else:
+            events = self._posted(job, self._handle.options(multiplexed_model_id=checkpoint).run_posted.remote(turn))
+        for event in events:
+            if isinstance(event, Finished):
                 return event
-            elif isinstance(event, Failed):
+            if isinstance(event, Failed):
                 raise event.error()
+            self._follow(job, event)
         raise ConnectionError("The worker's stream ended without a result.")
+
+    def _posted(self, job: Job, response):
+        """A turn's events as a stream would give them, read from the board while its outcome is awaited."""
+        while True:
+            try:
+                outcome = response.result(timeout_s=POLL_SECONDS)
+            except TimeoutError:
+                outcome = None
+            yield from ray.get(self._board.take.remote(job.id), timeout=30)
+            if outcome is not None:
+                yield outcome
+                return
+
+    def _follow(self, job: Job, event: Started | Stepped) -> None:
+        if isinstance(event, Started):
+            with self._lock:
+                self._holding[event.worker] = event.holds
+                self._busy[job.id] = event.worker
+                self._sent.pop(job.id, None)
+        else:
+            preview = {"preview": picture_of(event.preview)} if event.preview else {}
+            job.report(step=event.step, steps=event.steps, step_seconds=event.step_seconds, **preview,
+                       **({"message": event.message} if event.message else {}))
 
     # --- status ----------------------------------------------------------------------------------
 
@@ -217,7 +237,7 @@ class ClusterWorkers:
                 if self._scale is not None:
                     self._scale()
             except Exception as error:  # the cluster went away for a moment: keep the last picture
-                log.warning("Could not read the workers' status: %s", error)
+                log.debug("Could not read the workers' status: %s", error)
                 continue
             with self._lock:
                 self._statuses = dict(posted)

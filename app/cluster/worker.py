@@ -107,6 +107,16 @@ class EaselWorker:
             relay.cancel()
             self._job = None
 
+    async def run_posted(self, turn: Turn) -> Finished | Failed:
+        """The same turn for a front end on Ray Client, which cannot stream: its outcome is returned,
+        its progress posted to the board for the front end to read."""
+        async for event in self.run(turn):
+            if isinstance(event, (Started, Stepped)):
+                self._board.follow.remote(turn.job_id, event)
+            else:
+                return event
+        return Failed("EaselError", f"The worker on {self._machine} ended the job without a result.")
+
     def __del__(self):
         self._stop.set()
         try:

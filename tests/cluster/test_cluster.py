@@ -22,6 +22,9 @@ from app.models.families import Family  # noqa: E402
 from tests.conftest import CPU_ONLY, make_engine, make_settings  # noqa: E402
 from tools.tiny_models import save_tiny_model  # noqa: E402
 
+# One xdist worker runs them all, in order, on one cluster (test.sh runs pytest with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray-cluster")
+
 A, B = "tiny-a", "tiny-b"
 WORKERS_UP = 180  # seconds: two replicas import torch and scan the folder, on 2 busy cores
 
@@ -123,13 +126,58 @@ def test_a_checkpoint_no_worker_has_is_refused_with_a_sentence(cluster):
         cluster.submit(request("nowhere", 1))
 
 
-def test_interrupt_reaches_the_worker_running_the_job(cluster):
+def test_live_previews_stream_back_and_interrupt_reaches_the_worker(cluster):
     job = cluster.submit(request(A, 50, steps=150, width=128, height=128), owner="carol")
-    wait_until(lambda: job.progress.step >= 2 or job.finished, 120, "the job to start stepping")
+
+    def watched_preview():
+        job.watch()  # as the page's poll does: the worker makes previews while someone watches
+        return job.progress.preview is not None or job.finished
+
+    wait_until(watched_preview, 120, "a live preview from the worker")
+    assert job.progress.preview is not None and job.progress.preview.size == (128, 128)
     assert cluster.interrupt("carol")
     result = job.wait(60)
     assert result.interrupted
     assert job.progress.step < 150
+
+
+def test_skip_ends_the_batch_on_the_worker_and_the_next_batch_runs(cluster):
+    job = cluster.submit(request(A, 70, steps=150, width=128, height=128, batch_count=2), owner="erin")
+    wait_until(lambda: job.progress.step >= 2 or job.finished, 120, "the first batch to start stepping")
+    assert cluster.skip("erin")
+    first_batch_steps = 0
+    while not job.finished:
+        if job.progress.batch == 0:
+            first_batch_steps = max(first_batch_steps, job.progress.step)
+        job.wait_for_change(job.version, timeout=1)
+    result = job.wait(0)
+    assert not result.interrupted
+    assert [image.seed for image in result.images] == [70, 71]
+    assert 2 <= first_batch_steps < 150
+
+
+def test_an_upscale_runs_on_a_worker_and_is_saved_here(cluster):
+    from PIL import Image
+
+    from app.generation.upscale import UpscaleRequest
+
+    source = Image.new("RGB", (40, 30), (200, 30, 90))
+    before = outputs(cluster)
+    result = cluster.upscale(UpscaleRequest(image=source, scale=2, upscaler="Lanczos"), timeout=120)
+    assert result.image.size == (80, 60)
+    assert result.image.getpixel((40, 30)) == (200, 30, 90)
+    assert [path for path in outputs(cluster) if path not in before] == [result.path]
+
+
+def test_the_page_shows_each_worker_what_it_holds_and_does(cluster):
+    from ui.header import model_status
+
+    cluster.generate(request(A, 5), timeout=120)
+    lines = wait_until(lambda: [line for line in model_status(cluster).split("\n") if line.startswith("Worker ")
+                                and f"holds **{A}**" in line] and model_status(cluster), 30, "a worker line")
+    assert "Generation runs on a local Ray cluster on this machine: 2 workers." in lines
+    assert "Worker 1 (" in lines and "Worker 2 (" in lines
+    assert "idle" in lines
 
 
 def test_a_killed_worker_loses_no_job_and_nothing_is_saved_twice(cluster):
@@ -151,14 +199,10 @@ def test_a_killed_worker_loses_no_job_and_nothing_is_saved_twice(cluster):
     # Serve starts a replacement; it reports in and takes jobs again.
     wait_until(lambda: len(cluster.status().workers) == 2 and running.pid not in {w.pid for w in cluster.status().workers},
                WORKERS_UP, "the replacement worker")
-
-
-def test_the_page_shows_each_worker_what_it_holds_and_does(cluster):
-    from ui.header import model_status
-
-    cluster.generate(request(A, 5), timeout=120)
-    lines = wait_until(lambda: [line for line in model_status(cluster).split("\n") if line.startswith("Worker ")
-                                and f"holds **{A}**" in line] and model_status(cluster), 30, "a worker line")
-    assert "Generation runs on a local Ray cluster on this machine: 2 workers." in lines
-    assert "Worker 1 (" in lines and "Worker 2 (" in lines
-    assert "idle" in lines
+    # The worker that joined takes jobs: two at once, one of them is its.
+    replacement = next(w.name for w in cluster.status().workers if w.pid != running.pid and w.swaps == 0)
+    jobs = [cluster.submit(request(A, 80), owner="dave"), cluster.submit(request(B, 81), owner="erin")]
+    for job in jobs:
+        job.wait(180)
+    wait_until(lambda: next(w for w in cluster.status().workers if w.name == replacement).holds, 30,
+               "the new worker to hold a checkpoint")
