@@ -14,6 +14,6 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
     echo "Could not install ${missing[*]} (apt-get); the tests that need them will say so." >&2
 fi
 # One worker per physical core (torch uses one thread in each): the suite takes half the time on 2 cores.
-# A later -n (e.g. ./test.sh -n 0 tests/unit) overrides it. loadgroup: the tests of one local Ray
-# cluster (tests/cluster) stay on one worker, in order, instead of each worker starting a cluster.
-exec .venv/bin/python -m pytest -n auto --dist loadgroup "$@"
+# A later -n (e.g. ./test.sh -n 0 tests/unit) overrides it. loadfile: each test file runs on one worker,
+# in order, so a module's expensive fixture (a local Ray cluster, a loaded model) is built once.
+exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"

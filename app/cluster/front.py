@@ -22,6 +22,7 @@ from app.errors import EaselError, ModelNotFound
 from app.generation.outputs import OutputWriter
 from app.generation.requests import GenerationRequest
 from app.generation.results import GeneratedImage, GenerationResult
+from app.generation.upscaling import INTERRUPTED
 from app.job_queue import Placement
 from app.jobs import UNFINISHED, Job
 from app.kinds import JobKind
@@ -131,7 +132,7 @@ class ClusterWorkers:
             turn = Turn(job.id, job.owner, job.kind, job.request, safety_filter, vae)
             finished = self._streamed(job, turn, checkpoint="")
             if not finished.pictures:
-                raise EaselError("The upscale was interrupted; nothing was saved.")
+                raise EaselError(INTERRUPTED)
             picture = finished.pictures[0]
             return writer.made_elsewhere(picture_of(picture.png), picture.parameters, job.kind, picture.seed,
                                          job.request.save)
@@ -169,8 +170,9 @@ class ClusterWorkers:
     def _streamed(self, job: Job, turn: Turn, checkpoint: str) -> Finished:
         """The turn on a worker, its progress into `job`; sent again when its worker is lost."""
         relay = _SignalRelay(self._board, job)
+        attempt = 1
         try:
-            for attempt in range(1, ATTEMPTS + 1):
+            while True:
                 try:
                     return self._followed(job, turn, checkpoint)
                 except EaselError:
@@ -181,7 +183,7 @@ class ClusterWorkers:
                         raise EaselError(f"The job's worker stopped {ATTEMPTS} times in a row, so Easel gave up on "
                                          "it. Check the workers (the page lists them), then try again.") from error
                     job.report(step=0, message=LOST)
-            raise AssertionError("unreachable")
+                    attempt += 1
         finally:
             relay.stop()
             job.skipped()

@@ -1,7 +1,7 @@
 """Easel on a local Ray cluster of two CPU workers (`--cluster local:2`), with tiny models.
 
-One cluster for the module (starting Ray and two replicas takes most of the time); the test that
-kills a replica runs last. Every test waits on the job, never on a clock.
+One cluster for the module (starting Ray and two replicas takes most of the time; test.sh runs each
+file on one worker, in order); the test that kills a replica runs last. Every test waits on the job, never on a clock.
 """
 
 import os
@@ -21,9 +21,6 @@ from app.generation.requests import GenerationRequest  # noqa: E402
 from app.models.families import Family  # noqa: E402
 from tests.conftest import CPU_ONLY, make_engine, make_settings  # noqa: E402
 from tools.tiny_models import save_tiny_model  # noqa: E402
-
-# One xdist worker runs them all, in order, on one cluster (test.sh runs pytest with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray-cluster")
 
 A, B = "tiny-a", "tiny-b"
 WORKERS_UP = 180  # seconds: two replicas import torch and scan the folder, on 2 busy cores
